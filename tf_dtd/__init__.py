@@ -1,0 +1,34 @@
+"""tf_dtd: Deep Taylor Decomposition and Layer-wise Relevance Propagation for Keras 3.
+
+Example:
+    >>> import keras, tf_dtd
+    >>> relevance = tf_dtd.relevance_model(model, "deep_taylor_bounded", input_range=(0.0, 1.0))
+    >>> heatmaps = relevance.predict(images)
+"""
+
+from tf_dtd import rules
+from tf_dtd.composites import PRESETS, Composite
+from tf_dtd.errors import (
+    InvalidArgumentError,
+    TfDtdError,
+    UnsupportedLayerError,
+    UnsupportedModelError,
+)
+from tf_dtd.registry import HandlerContext, register_layer_rule
+from tf_dtd.rewriter import explain, relevance_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Composite",
+    "HandlerContext",
+    "InvalidArgumentError",
+    "PRESETS",
+    "TfDtdError",
+    "UnsupportedLayerError",
+    "UnsupportedModelError",
+    "explain",
+    "register_layer_rule",
+    "relevance_model",
+    "rules",
+]

@@ -1,0 +1,22 @@
+"""Exceptions raised by tf_dtd. All derive from `TfDtdError`."""
+
+
+class TfDtdError(Exception):
+    """Base class of every error tf_dtd raises on purpose."""
+
+
+class UnsupportedLayerError(TfDtdError, TypeError):
+    """A layer has no relevance handler: register one with `tf_dtd.register_layer_rule`."""
+
+
+class UnsupportedModelError(TfDtdError, TypeError):
+    """The model cannot be rewritten (subclassed, several inputs or outputs, unbuilt, ...)."""
+
+
+class InvalidArgumentError(TfDtdError, ValueError):
+    """An argument of a tf_dtd function or rule is out of its domain."""
+
+
+def describe(layer):
+    """`'name' (ClassName)`: how every error message names a layer."""
+    return f"'{getattr(layer, 'name', '?')}' ({type(layer).__name__})"

@@ -1,0 +1,310 @@
+"""Serialisable Keras layers that carry relevance backwards through one forward layer.
+
+Every relevance layer is called on ``[*forward_inputs, relevance]`` — the tensors the original
+layer consumed and the relevance arriving at its output — and returns the relevance at the
+forward input (a list when the original layer had several inputs). Vector-Jacobian products are
+taken with ``tf.GradientTape`` inside ``call``: plain TF ops, which ``tf.function`` and XLA compile.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from tf_dtd import rules as rules_lib
+from tf_dtd.errors import InvalidArgumentError
+
+__all__ = [
+    "KernelRelevance",
+    "DenseRelevance",
+    "ConvRelevance",
+    "RoutingRelevance",
+    "ProportionalRelevance",
+    "TargetRelevance",
+]
+
+_register = keras.saving.register_keras_serializable(package="tf_dtd")
+
+
+def _vjp(forward, inputs, relevance, epsilon=None):
+    """Run ``forward(*inputs)`` under a tape and return ``(z, Jᵀ s)``.
+
+    ``s`` is ``relevance`` itself when ``epsilon`` is None (exact routing), else
+    ``relevance / stabilize(z, epsilon)`` with zero where the denominator is zero.
+    """
+    with tf.GradientTape() as tape:
+        for x in inputs:
+            tape.watch(x)
+        z = forward(*inputs)
+    if epsilon is None:
+        cotangent = relevance
+    else:
+        cotangent = ops.divide_no_nan(relevance, rules_lib.stabilize(z, epsilon))
+    grads = tape.gradient(
+        z, list(inputs), output_gradients=cotangent,
+        unconnected_gradients=tf.UnconnectedGradients.ZERO,
+    )
+    return z, grads
+
+
+class _RelevanceLayer(keras.layers.Layer):
+    """Shared shape logic: the output has the shape(s) of the forward input(s)."""
+
+    def compute_output_shape(self, input_shape):
+        forward_shapes = input_shape[:-1]
+        return forward_shapes[0] if len(forward_shapes) == 1 else list(forward_shapes)
+
+
+class KernelRelevance(_RelevanceLayer):
+    """Apply an LRP / Deep Taylor rule backwards through one linear layer.
+
+    Subclasses only define the linear map ``linear(x, kernel)`` and how a bias is added. The
+    rule's modified kernels are non-trainable weights, computed once (see :meth:`from_kernel`).
+
+    Args:
+        rule: a :class:`tf_dtd.rules.Rule`, or its serialised dict.
+        param_shapes: shape of each modified parameter, keyed as the rule names them.
+        nonnegative_input: the forward input is known to be ≥ 0 (lets the rule drop a⁻ terms).
+
+    Call arguments:
+        inputs: pair ``(x, relevance)``, the forward input of the layer and the relevance at its
+            output.
+
+    Returns:
+        Relevance at the layer input, shaped like ``x``.
+    """
+
+    def __init__(self, rule, param_shapes, *, nonnegative_input=False, **kwargs):
+        super().__init__(**kwargs)
+        self.rule = rule if isinstance(rule, rules_lib.Rule) else rules_lib.deserialize(rule)
+        self.param_shapes = {key: tuple(shape) for key, shape in param_shapes.items()}
+        self.nonnegative_input = bool(nonnegative_input)
+        self._parts = self.rule.parts(nonnegative_input=self.nonnegative_input)
+        self._initial_params = None
+
+    @classmethod
+    def from_kernel(cls, rule, kernel, bias=None, **kwargs):
+        """Build the layer from a forward layer's kernel and bias (NumPy arrays)."""
+        params = rule.params(np.asarray(kernel), None if bias is None else np.asarray(bias))
+        layer = cls(rule, {key: value.shape for key, value in params.items()}, **kwargs)
+        layer._initial_params = params
+        return layer
+
+    def build(self, input_shape):
+        self.rule.check_input_shape(input_shape[0][1:])
+        self._param_names = sorted(self.param_shapes)
+        self._param_variables = [
+            self.add_weight(name=key, shape=self.param_shapes[key], initializer="zeros",
+                            trainable=False)
+            for key in self._param_names
+        ]
+        if self._initial_params is not None:
+            for key, variable in zip(self._param_names, self._param_variables):
+                variable.assign(self._initial_params[key].astype(variable.dtype))
+            self._initial_params = None
+
+    def linear(self, x, kernel):
+        """The layer's linear map without bias."""
+        raise NotImplementedError
+
+    def add_bias(self, z, bias):
+        return z + bias
+
+    def call(self, inputs):
+        x, relevance = inputs
+        params = dict(zip(self._param_names, self._param_variables))
+        result = None
+        for part in self._parts:
+            names = sorted({term.input for term in part.terms})
+            variants = [self.rule.input(name, x) for name in names]
+
+            def forward(*tensors, part=part, names=names):
+                by_name = dict(zip(names, tensors))
+                z = sum(self.linear(by_name[t.input], params[t.kernel]) for t in part.terms)
+                if part.bias is not None and part.bias in params:
+                    z = self.add_bias(z, params[part.bias])
+                return z
+
+            _, grads = _vjp(forward, variants, relevance, epsilon=part.epsilon)
+            part_relevance = sum(v * g for v, g in zip(variants, grads))
+            if part.coefficient != 1.0:
+                part_relevance = part.coefficient * part_relevance
+            result = part_relevance if result is None else result + part_relevance
+        return result
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "rule": rules_lib.serialize(self.rule),
+            "param_shapes": {key: list(shape) for key, shape in self.param_shapes.items()},
+            "nonnegative_input": self.nonnegative_input,
+        }
+
+
+@_register
+class DenseRelevance(KernelRelevance):
+    """Relevance through a Dense layer (also on tensors of rank ≥ 3: the last axis)."""
+
+    def linear(self, x, kernel):
+        return ops.matmul(x, kernel)
+
+
+@_register
+class ConvRelevance(KernelRelevance):
+    """Relevance through a convolution of any rank, stride, padding, dilation and groups.
+
+    Args:
+        strides, padding, dilation_rate, data_format: those of the forward ``ConvND`` layer.
+        **kwargs: see :class:`KernelRelevance`.
+    """
+
+    def __init__(self, rule, param_shapes, *, strides, padding, dilation_rate,
+                 data_format="channels_last", **kwargs):
+        super().__init__(rule, param_shapes, **kwargs)
+        self.strides = tuple(strides)
+        self.padding = padding
+        self.dilation_rate = tuple(dilation_rate)
+        self.data_format = data_format
+
+    def linear(self, x, kernel):
+        padding = self.padding
+        if padding == "causal":
+            left = self.dilation_rate[0] * (kernel.shape[0] - 1)
+            time_axis = 1 if self.data_format == "channels_last" else 2
+            pad = [[0, 0]] * len(x.shape)
+            pad[time_axis] = [left, 0]
+            x = ops.pad(x, pad)
+            padding = "valid"
+        return ops.conv(x, kernel, strides=self.strides, padding=padding,
+                        data_format=self.data_format, dilation_rate=self.dilation_rate)
+
+    def add_bias(self, z, bias):
+        if self.data_format == "channels_first":
+            bias = ops.reshape(bias, (-1,) + (1,) * (len(z.shape) - 2))
+        return z + bias
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "strides": list(self.strides),
+            "padding": self.padding,
+            "dilation_rate": list(self.dilation_rate),
+            "data_format": self.data_format,
+        }
+
+
+class _WrappedLayerRelevance(_RelevanceLayer):
+    """Holds a copy of the forward layer (with its weights) and runs it under a tape."""
+
+    def __init__(self, layer, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(layer, dict):
+            layer = keras.layers.deserialize(layer)
+            self._initial_weights = None
+        else:
+            self._initial_weights = layer.get_weights()
+            layer = keras.layers.deserialize(keras.layers.serialize(layer))
+        self.forward_layer = layer
+
+    def build(self, input_shape):
+        shapes = list(input_shape[:-1])
+        self._multiple_inputs = len(shapes) > 1
+        if not self.forward_layer.built:
+            self.forward_layer.build(shapes if self._multiple_inputs else shapes[0])
+        if self._initial_weights:
+            self.forward_layer.set_weights(self._initial_weights)
+        self._initial_weights = None
+
+    def _forward(self, *xs):
+        return self.forward_layer(list(xs) if self._multiple_inputs else xs[0])
+
+    def _result(self, grads):
+        return list(grads) if self._multiple_inputs else grads[0]
+
+    def get_config(self):
+        return {**super().get_config(), "layer": keras.layers.serialize(self.forward_layer)}
+
+
+@_register
+class RoutingRelevance(_WrappedLayerRelevance):
+    """Route relevance exactly through a layer that only moves or selects values.
+
+    ``R_in = Jᵀ R``: for Flatten, Reshape, Permute, padding, cropping, Concatenate and
+    winner-take-all max-pooling every output copies one input, so each output's relevance lands
+    on that input, nothing created or lost (a tie in a pooling window goes to one winner).
+
+    Args:
+        layer: the forward layer (or its serialised dict).
+    """
+
+    def call(self, inputs):
+        *xs, relevance = inputs
+        _, grads = _vjp(self._forward, xs, relevance)
+        return self._result(grads)
+
+
+@_register
+class ProportionalRelevance(_WrappedLayerRelevance):
+    """Share relevance in proportion to the contributions: ``R_i = x_i · Jᵀ (R / z)``.
+
+    The LRP-0/ε rule for a layer that is linear or affine in its inputs and has no kernel of its
+    own: average pooling (``R_i = a_i / Σa · R``), Add (each operand by its share of the sum), and
+    a BatchNormalization that could not be folded (an affine ε-rule, the shift absorbs relevance).
+
+    Args:
+        layer: the forward layer (or its serialised dict).
+        epsilon: the stabiliser of ``z``; exactly-zero denominators give zero relevance.
+    """
+
+    def __init__(self, layer, *, epsilon=1e-9, **kwargs):
+        super().__init__(layer, **kwargs)
+        if not epsilon >= 0:
+            raise InvalidArgumentError(f"epsilon must be >= 0. Received: epsilon={epsilon}")
+        self.epsilon = float(epsilon)
+
+    def call(self, inputs):
+        *xs, relevance = inputs
+        _, grads = _vjp(self._forward, xs, relevance, epsilon=self.epsilon)
+        return self._result([x * g for x, g in zip(xs, grads)])
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+@_register
+class TargetRelevance(keras.layers.Layer):
+    """Start relevance at one logit per sample: ``R = one_hot(class) · logits``.
+
+    Args:
+        target: ``"max"`` (the top logit), an ``int`` class index, or ``"input"`` (the layer is
+            then called on ``[logits, class_ids]``).
+
+    Returns:
+        A tensor shaped like the logits, zero but at the explained class.
+    """
+
+    def __init__(self, target="max", **kwargs):
+        super().__init__(**kwargs)
+        if not (target in ("max", "input") or isinstance(target, (int, np.integer))):
+            raise InvalidArgumentError(
+                f"target must be 'max', 'input' or an int. Received: target={target!r}"
+            )
+        self.target = target if isinstance(target, str) else int(target)
+
+    def call(self, inputs):
+        if self.target == "input":
+            logits, class_ids = inputs
+            class_ids = ops.reshape(ops.cast(class_ids, "int32"), (-1,))
+        else:
+            logits = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
+            if self.target == "max":
+                class_ids = ops.argmax(logits, axis=-1)
+            else:
+                class_ids = ops.full((ops.shape(logits)[0],), self.target, dtype="int32")
+        return ops.one_hot(class_ids, logits.shape[-1], dtype=logits.dtype) * logits
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0] if self.target == "input" else input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "target": self.target}

@@ -1,0 +1,156 @@
+"""Which relevance layer carries relevance back through each kind of forward layer.
+
+A handler has the signature ``handler(layer, rule, context) -> keras.layers.Layer | None``:
+``layer`` is the (canonical copy of the) forward layer, ``rule`` the rule the composite gives it
+(handlers of layers without a kernel may ignore it) and ``context`` a :class:`HandlerContext`.
+The returned layer is called on ``[*forward_inputs, relevance]``; ``None`` means relevance passes
+through unchanged (element-wise layers with one input). Built-in layers are registered below
+exactly as users register theirs with :func:`register_layer_rule`.
+"""
+
+import dataclasses
+
+import keras
+from keras import ops
+
+from tf_dtd import layers as relevance_layers
+from tf_dtd.canonize import activation_name
+from tf_dtd.errors import InvalidArgumentError, UnsupportedLayerError, describe
+
+__all__ = ["HandlerContext", "register_layer_rule", "find_handler"]
+
+_HANDLERS = {}
+_NOT_ELEMENTWISE = ("softmax", "log_softmax")
+
+
+@dataclasses.dataclass(frozen=True)
+class HandlerContext:
+    """What a handler may know beyond the layer and its rule.
+
+    Attributes:
+        name: the name to give the relevance layer.
+        is_first: the layer reads the model input (through layers without weights).
+        nonnegative_inputs: per forward input, whether it is known to be ≥ 0.
+    """
+
+    name: str
+    is_first: bool
+    nonnegative_inputs: tuple
+
+
+def register_layer_rule(layer_class, handler):
+    """Teach tf_dtd how relevance flows back through ``layer_class`` (and its subclasses).
+
+    Args:
+        layer_class: a Keras layer (or operation) class.
+        handler: ``handler(layer, rule, context) -> keras.layers.Layer | None``; see
+            :mod:`tf_dtd.registry`. The layer it returns must be serialisable (``get_config``)
+            for the relevance model to be saved.
+
+    Example:
+        >>> tf_dtd.register_layer_rule(MyScale, lambda layer, rule, ctx: None)  # pass-through
+    """
+    if not isinstance(layer_class, type):
+        raise InvalidArgumentError(
+            f"register_layer_rule needs a layer class. Received: layer_class={layer_class!r}"
+        )
+    if not callable(handler):
+        raise InvalidArgumentError(
+            f"register_layer_rule needs a callable handler. Received: handler={handler!r}"
+        )
+    _HANDLERS[layer_class] = handler
+
+
+def find_handler(layer):
+    """The handler registered for ``type(layer)`` or its closest base class.
+
+    Raises:
+        UnsupportedLayerError: no class in the MRO has a handler.
+    """
+    for cls in type(layer).__mro__:
+        if cls in _HANDLERS:
+            return _HANDLERS[cls]
+    raise UnsupportedLayerError(
+        f"No relevance handler for layer {describe(layer)}. Register one with "
+        "tf_dtd.register_layer_rule(LayerClass, handler), or replace the layer by supported ones."
+    )
+
+
+def pass_through(layer, rule, context):
+    """Element-wise layers (activations, dropout, noise): relevance passes unchanged."""
+    if activation_name(layer) in _NOT_ELEMENTWISE:
+        raise UnsupportedLayerError(
+            f"Layer {describe(layer)} applies {activation_name(layer)} inside the model; it is "
+            "not element-wise and only a final softmax is removed. Register a handler with "
+            "tf_dtd.register_layer_rule."
+        )
+    return None
+
+
+def route(layer, rule, context):
+    """Layers that move or select values: relevance follows the values exactly."""
+    return relevance_layers.RoutingRelevance(layer, name=context.name)
+
+
+def proportional(layer, rule, context):
+    """Average pooling, Add, BatchNorm: shares by contribution (LRP-0/ε on the layer)."""
+    return relevance_layers.ProportionalRelevance(layer, name=context.name)
+
+
+def _kernel_args(layer, rule, context):
+    pass_through(layer, rule, context)
+    bias = ops.convert_to_numpy(layer.bias) if getattr(layer, "bias", None) is not None else None
+    return dict(
+        rule=rule,
+        kernel=ops.convert_to_numpy(layer.kernel),
+        bias=bias,
+        nonnegative_input=context.nonnegative_inputs[0],
+        name=context.name,
+    )
+
+
+def dense(layer, rule, context):
+    """Dense: the composite's rule on ``x @ W``."""
+    return relevance_layers.DenseRelevance.from_kernel(**_kernel_args(layer, rule, context))
+
+
+def conv(layer, rule, context):
+    """ConvND: the composite's rule on the convolution, with the layer's own geometry."""
+    return relevance_layers.ConvRelevance.from_kernel(
+        strides=layer.strides,
+        padding=layer.padding,
+        dilation_rate=layer.dilation_rate,
+        data_format=layer.data_format,
+        **_kernel_args(layer, rule, context),
+    )
+
+
+def _register_builtins():
+    kl = keras.layers
+    builtins = {
+        dense: [kl.Dense],
+        conv: [kl.Conv1D, kl.Conv2D, kl.Conv3D],
+        pass_through: [
+            kl.InputLayer, kl.Activation, kl.ReLU, kl.LeakyReLU, kl.ELU, kl.PReLU,
+            kl.Dropout, kl.SpatialDropout1D, kl.SpatialDropout2D, kl.SpatialDropout3D,
+            kl.GaussianNoise, kl.GaussianDropout, kl.AlphaDropout,
+        ],
+        route: [
+            kl.Flatten, kl.Reshape, kl.Permute, kl.Concatenate,
+            kl.ZeroPadding1D, kl.ZeroPadding2D, kl.ZeroPadding3D,
+            kl.Cropping1D, kl.Cropping2D, kl.Cropping3D,
+            kl.MaxPooling1D, kl.MaxPooling2D, kl.MaxPooling3D,
+            kl.GlobalMaxPooling1D, kl.GlobalMaxPooling2D, kl.GlobalMaxPooling3D,
+        ],
+        proportional: [
+            kl.AveragePooling1D, kl.AveragePooling2D, kl.AveragePooling3D,
+            kl.GlobalAveragePooling1D, kl.GlobalAveragePooling2D, kl.GlobalAveragePooling3D,
+            kl.Add, kl.BatchNormalization,
+        ],
+    }
+    for handler, classes in builtins.items():
+        for cls in classes:
+            register_layer_rule(cls, handler)
+
+
+_register_builtins()
