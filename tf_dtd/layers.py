@@ -27,11 +27,13 @@ _register = keras.saving.register_keras_serializable(package="tf_dtd")
 
 
 def _vjp(forward, inputs, relevance, epsilon=None):
-    """Run ``forward(*inputs)`` under a tape and return ``(z, Jᵀ s)``.
+    """Run ``forward(*inputs)`` under a tape and return ``(inputs, Jᵀ s)``.
 
     ``s`` is ``relevance`` itself when ``epsilon`` is None (exact routing), else
     ``relevance / stabilize(z, epsilon)`` with zero where the denominator is zero.
     """
+    # Fresh identities: one tensor fed twice (e.g. Concatenate()([a, a])) gets one gradient each.
+    inputs = [tf.identity(x) for x in inputs]
     with tf.GradientTape() as tape:
         for x in inputs:
             tape.watch(x)
@@ -44,7 +46,7 @@ def _vjp(forward, inputs, relevance, epsilon=None):
         z, list(inputs), output_gradients=cotangent,
         unconnected_gradients=tf.UnconnectedGradients.ZERO,
     )
-    return z, grads
+    return inputs, grads
 
 
 class _RelevanceLayer(keras.layers.Layer):
@@ -125,7 +127,7 @@ class KernelRelevance(_RelevanceLayer):
                     z = self.add_bias(z, params[part.bias])
                 return z
 
-            _, grads = _vjp(forward, variants, relevance, epsilon=part.epsilon)
+            variants, grads = _vjp(forward, variants, relevance, epsilon=part.epsilon)
             part_relevance = sum(v * g for v, g in zip(variants, grads))
             if part.coefficient != 1.0:
                 part_relevance = part.coefficient * part_relevance
@@ -264,7 +266,7 @@ class ProportionalRelevance(_WrappedLayerRelevance):
 
     def call(self, inputs):
         *xs, relevance = inputs
-        _, grads = _vjp(self._forward, xs, relevance, epsilon=self.epsilon)
+        xs, grads = _vjp(self._forward, xs, relevance, epsilon=self.epsilon)
         return self._result([x * g for x, g in zip(xs, grads)])
 
     def get_config(self):

@@ -131,7 +131,7 @@ def _register_builtins():
         dense: [kl.Dense],
         conv: [kl.Conv1D, kl.Conv2D, kl.Conv3D],
         pass_through: [
-            kl.InputLayer, kl.Activation, kl.ReLU, kl.LeakyReLU, kl.ELU, kl.PReLU,
+            kl.InputLayer, kl.Activation, kl.Softmax, kl.ReLU, kl.LeakyReLU, kl.ELU, kl.PReLU,
             kl.Dropout, kl.SpatialDropout1D, kl.SpatialDropout2D, kl.SpatialDropout3D,
             kl.GaussianNoise, kl.GaussianDropout, kl.AlphaDropout,
         ],

@@ -1,0 +1,86 @@
+"""Saving, exporting and compiling the relevance model."""
+
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import tf_dtd
+
+L = keras.layers
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(7)
+    inputs = keras.Input((9, 9, 2), name="image")
+    a = L.Conv2D(6, 3, padding="same", activation="relu")(inputs)
+    b = L.BatchNormalization()(L.Conv2D(6, 3, padding="same", use_bias=False)(inputs))
+    h = L.Add()([a, L.ReLU()(b)])
+    h = L.MaxPooling2D(2)(h)
+    h = L.Concatenate()([L.GlobalAveragePooling2D()(h), L.Flatten()(h)])
+    outputs = L.Dense(5, activation="softmax")(h)
+    model = keras.Model(inputs, outputs)
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            layer.set_weights([np.full(6, 1.5), np.full(6, 0.1), np.linspace(-0.2, 0.2, 6),
+                               np.linspace(0.5, 2.0, 6)])
+    return model
+
+
+@pytest.fixture(scope="module")
+def x():
+    return np.random.default_rng(0).uniform(0, 1, (6, 9, 9, 2)).astype("float32")
+
+
+def test_keras_file_round_trip(model, x, tmp_path):
+    rel_model = tf_dtd.relevance_model(model, input_range=(0.0, 1.0), target="input",
+                                       return_prediction=True)
+    classes = np.array([0, 1, 2, 3, 4, 0], "int32")
+    expected = rel_model.predict([x, classes], verbose=0)
+    path = str(tmp_path / "relevance.keras")
+    rel_model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    actual = loaded.predict([x, classes], verbose=0)
+    for a, e in zip(actual, expected):
+        np.testing.assert_array_equal(a, e)
+    assert np.abs(expected[0]).sum() > 0
+
+
+def test_savedmodel_serves_without_tf_dtd(model, x, tmp_path):
+    rel_model = tf_dtd.relevance_model(model, input_range=(0.0, 1.0))
+    expected = rel_model.predict(x, verbose=0)
+    export_dir = str(tmp_path / "savedmodel")
+    rel_model.export(export_dir, verbose=False)
+    np.save(tmp_path / "x.npy", x)
+    script = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        import tensorflow as tf
+        loaded = tf.saved_model.load({export_dir!r})
+        x = np.load({str(tmp_path / 'x.npy')!r})
+        assert sorted(loaded.signatures) == ["serve", "serving_default"], list(loaded.signatures)
+        first = loaded.serve(x[:4]).numpy()
+        rest = loaded.serve(x[4:]).numpy()   # another batch size: dynamic batch dimension
+        served = loaded.signatures["serving_default"](tf.constant(x))
+        assert "tf_dtd" not in sys.modules
+        np.save({str(tmp_path / 'out.npy')!r}, np.concatenate([first, rest]))
+        np.save({str(tmp_path / 'sig.npy')!r}, list(served.values())[0].numpy())
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.load(tmp_path / "sig.npy"), expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("rules", ["deep_taylor_bounded", "lrp_epsilon", "deep_taylor_unbounded"])
+def test_xla_compiled_relevance_matches(model, x, rules):
+    plain = tf_dtd.relevance_model(model, rules, input_range=(0.0, 1.0))
+    compiled = tf_dtd.relevance_model(model, rules, input_range=(0.0, 1.0))
+    compiled.compile(jit_compile=True)
+    expected = plain.predict(x, verbose=0)
+    actual = compiled.predict(x, verbose=0)
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    assert np.abs(expected).max() > 0

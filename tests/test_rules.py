@@ -1,0 +1,441 @@
+"""Every rule of tf_dtd.rules against a float64 NumPy reference written the way the papers write it.
+
+A linear layer (Dense or ConvND) is turned into its dense matrix ``M`` (flattened input sample ×
+flattened output sample) by explicit loops over output positions and kernel offsets. Then every
+rule is the paper formula: contributions ``z_ij``, denominators ``z_j``, and
+``R_i = Σ_j z_ij / z_j · R_j`` (a zero denominator contributes zero).
+"""
+
+import functools
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_dtd
+from tf_dtd import rules
+from tf_dtd.layers import ConvRelevance, DenseRelevance
+
+BATCH = 2
+
+# name -> (keras layer class, constructor kwargs, input sample shape)
+CASES = {
+    "dense_2d": (keras.layers.Dense, dict(units=5), (7,)),
+    "dense_3d": (keras.layers.Dense, dict(units=4), (3, 5)),
+    "conv1d_causal_dilated": (
+        keras.layers.Conv1D, dict(filters=3, kernel_size=3, padding="causal", dilation_rate=2),
+        (9, 2)),
+    "conv1d_same_strided": (
+        keras.layers.Conv1D, dict(filters=3, kernel_size=3, strides=2, padding="same"), (8, 3)),
+    "conv2d_valid_strided": (
+        keras.layers.Conv2D, dict(filters=4, kernel_size=3, strides=2, padding="valid"),
+        (7, 7, 3)),
+    "conv2d_same_strided": (
+        keras.layers.Conv2D, dict(filters=3, kernel_size=(3, 2), strides=(2, 3), padding="same"),
+        (6, 7, 2)),
+    "conv2d_same_dilated": (
+        keras.layers.Conv2D, dict(filters=3, kernel_size=3, dilation_rate=2, padding="same"),
+        (6, 6, 2)),
+    "conv2d_groups2": (
+        keras.layers.Conv2D, dict(filters=4, kernel_size=3, groups=2, padding="same"), (5, 5, 4)),
+    "conv3d_same_strided": (
+        keras.layers.Conv3D, dict(filters=3, kernel_size=2, strides=(1, 2, 1), padding="same"),
+        (3, 4, 4, 2)),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Independent NumPy reference
+# ----------------------------------------------------------------------------------------------
+
+def dense_matrix(kernel, in_shape):
+    """Dense acting on the last axis: block-diagonal matrix, one block per leading position."""
+    c_in, units = kernel.shape
+    lead = in_shape[:-1]
+    m = np.zeros((int(np.prod(in_shape)), int(np.prod(lead)) * units))
+    for t in range(int(np.prod(lead))):
+        for i in range(c_in):
+            for j in range(units):
+                m[t * c_in + i, t * units + j] = kernel[i, j]
+    return m, tuple(lead) + (units,)
+
+
+def conv_matrix(kernel, in_shape, strides, padding, dilation, groups):
+    """Channels-last convolution as a matrix, built by explicit loops."""
+    spatial, ksize = in_shape[:-1], kernel.shape[:-2]
+    c_group, filters = kernel.shape[-2:]
+    f_group = filters // groups
+    out_sizes, lefts = [], []
+    for n, k, s, d in zip(spatial, ksize, strides, dilation):
+        span = (k - 1) * d + 1
+        if padding == "valid":
+            out, left = (n - span) // s + 1, 0
+        elif padding == "same":
+            out = -(-n // s)
+            left = max((out - 1) * s + span - n, 0) // 2
+        else:  # causal: pad span - 1 on the left only, then valid
+            out, left = (n - 1) // s + 1, span - 1
+        out_sizes.append(out)
+        lefts.append(left)
+    out_shape = tuple(out_sizes) + (filters,)
+    in_index = np.arange(int(np.prod(in_shape))).reshape(in_shape)
+    out_index = np.arange(int(np.prod(out_shape))).reshape(out_shape)
+    m = np.zeros((in_index.size, out_index.size))
+    for o in np.ndindex(*out_sizes):
+        for k in np.ndindex(*ksize):
+            p = tuple(oi * s + ki * d - left
+                      for oi, ki, s, d, left in zip(o, k, strides, dilation, lefts))
+            if not all(0 <= pi < n for pi, n in zip(p, spatial)):
+                continue  # the tap falls into the zero padding
+            for g in range(groups):
+                for c in range(c_group):
+                    for f in range(f_group):
+                        i = in_index[p + (g * c_group + c,)]
+                        j = out_index[o + (g * f_group + f,)]
+                        m[i, j] = kernel[k + (c, g * f_group + f)]
+    return m, out_shape
+
+
+def reference(rule, x, m, b, r, low=None, high=None, eps=0.0):
+    """R_i = Σ_j z_ij / z_j R_j in float64. x: (B, I), m: (I, J), b: (J,), r: (B, J)."""
+    a, w = x[:, :, None], m[None]
+    if rule == "z":
+        z_ij = a * w
+        z_j = z_ij.sum(axis=1) + b
+        z_j = z_j + eps * np.where(z_j >= 0, 1.0, -1.0) if eps else z_j
+    elif rule == "zplus":
+        z_ij = np.maximum(a * w, 0.0)
+        z_j = z_ij.sum(axis=1)
+    elif rule == "zbox":
+        z_ij = a * w - low[None, :, None] * np.maximum(w, 0) - high[None, :, None] * np.minimum(w, 0)
+        z_j = z_ij.sum(axis=1)
+    elif rule == "wsquare":
+        z_ij = np.broadcast_to(w**2, (len(x),) + m.shape)
+        z_j = z_ij.sum(axis=1)
+    s = np.where(z_j == 0, 0.0, r / np.where(z_j == 0, 1.0, z_j))
+    return (z_ij * s[:, None, :]).sum(axis=2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Test fixtures: layers, rules, data
+# ----------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def setup_case(name, use_bias):
+    """A built keras layer with random kernel/bias, its reference matrix and output shape."""
+    cls, kwargs, in_shape = CASES[name]
+    rng = np.random.default_rng(abs(hash((name, use_bias))) % 2**32)
+    layer = cls(**kwargs, use_bias=use_bias)
+    layer.build((None,) + in_shape)
+    kernel = rng.normal(0.0, 0.5, layer.kernel.shape).astype("float32")
+    bias = rng.normal(0.0, 0.5, layer.bias.shape).astype("float32") if use_bias else None
+    layer.set_weights([kernel] + ([bias] if use_bias else []))
+    if cls is keras.layers.Dense:
+        m, out_shape = dense_matrix(kernel.astype("float64"), in_shape)
+    else:
+        rank = len(in_shape) - 1
+        m, out_shape = conv_matrix(
+            kernel.astype("float64"), in_shape, layer.strides, layer.padding,
+            layer.dilation_rate, layer.groups)
+        assert len(layer.strides) == rank
+    b = np.zeros(out_shape) if bias is None else np.broadcast_to(bias.astype("float64"), out_shape)
+    return layer, kernel, bias, m, b.reshape(-1), out_shape
+
+
+def relevance_layer(name, rule, kernel, bias, **kwargs):
+    keras_layer = setup_case(name, bias is not None)[0]
+    if isinstance(keras_layer, keras.layers.Dense):
+        return DenseRelevance.from_kernel(rule, kernel, bias, **kwargs)
+    return ConvRelevance.from_kernel(
+        rule, kernel, bias, strides=keras_layer.strides, padding=keras_layer.padding,
+        dilation_rate=keras_layer.dilation_rate, data_format="channels_last", **kwargs)
+
+
+def make_bounds(kind, in_shape, rng):
+    """(low, high) of ZBox: scalar, per channel (last axis) or per pixel (whole sample)."""
+    shape = {"scalar": (), "channel": in_shape[-1:], "pixel": in_shape}[kind]
+    low = rng.uniform(-1.5, -0.5, shape).astype("float32")
+    high = (low + rng.uniform(1.0, 2.0, shape)).astype("float32")
+    return (float(low), float(high)) if kind == "scalar" else (low, high)
+
+
+RULE_CASES = ["z", "epsilon", "zplus", "zbox_scalar", "zbox_channel", "zbox_pixel", "wsquare"]
+
+
+def make_rule_and_data(rule_case, in_shape, out_shape, seed):
+    """The rule, an input batch x, relevance r_out and the reference's keyword arguments."""
+    rng = np.random.default_rng(seed)
+    r = rng.uniform(0.5, 1.5, (BATCH,) + out_shape).astype("float32")
+    x = rng.normal(0.0, 1.0, (BATCH,) + in_shape).astype("float32")
+    if rule_case == "z":
+        return rules.Z(), x, r, dict(rule="z")
+    if rule_case == "epsilon":
+        return rules.Epsilon(0.5), x, r, dict(rule="z", eps=0.5)
+    if rule_case == "zplus":
+        return rules.ZPlus(), x, r, dict(rule="zplus")
+    if rule_case == "wsquare":
+        return rules.WSquare(), x, r, dict(rule="wsquare")
+    low, high = make_bounds(rule_case.split("_")[1], in_shape, rng)
+    lo = np.broadcast_to(np.asarray(low, "float64"), in_shape)
+    hi = np.broadcast_to(np.asarray(high, "float64"), in_shape)
+    x = (lo + rng.uniform(0.0, 1.0, (BATCH,) + in_shape) * (hi - lo)).astype("float32")
+    return rules.ZBox(low, high), x, r, dict(rule="zbox", low=lo.reshape(-1), high=hi.reshape(-1))
+
+
+def well_conditioned(r, x, m, b):
+    """Zero the relevance of outputs whose LRP-0 denominator nearly cancels to zero.
+
+    float32 cannot resolve R_j / z_j there (a 1e-7 error in z_j is amplified by Σ|z_ij| / |z_j|);
+    exactly-zero denominators are tested separately below.
+    """
+    z_ij = x[:, :, None] * m[None]
+    z_j = z_ij.sum(axis=1) + b
+    scale = np.abs(z_ij).sum(axis=1) + np.abs(b)
+    return np.where(np.abs(z_j) > 0.05 * scale, r, 0.0).astype("float32")
+
+
+def run_case(name, use_bias, rule_case, seed=0):
+    _, kernel, bias, m, b, out_shape = setup_case(name, use_bias)
+    in_shape = CASES[name][2]
+    rule, x, r, ref_kwargs = make_rule_and_data(rule_case, in_shape, out_shape, seed)
+    x64 = x.reshape(BATCH, -1).astype("float64")
+    if rule_case in ("z", "epsilon"):
+        r = well_conditioned(r.reshape(BATCH, -1), x64, m, b).reshape(r.shape)
+    r64 = r.reshape(BATCH, -1).astype("float64")
+    layer = relevance_layer(name, rule, kernel, bias)
+    actual = np.asarray(layer([x, r]))
+    ref_b = b if rule_case in ("z", "epsilon") else np.zeros_like(b)
+    expected = reference(x=x64, m=m, b=ref_b, r=r64, **ref_kwargs).reshape(x.shape)
+    return actual, expected, x, r
+
+
+def assert_close(actual, expected):
+    assert actual.shape == expected.shape
+    assert np.all(np.isfinite(actual))
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+
+
+# ----------------------------------------------------------------------------------------------
+# Rules against the reference
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("use_bias", [False, True])
+@pytest.mark.parametrize("name", CASES)
+def test_reference_matrix_matches_keras_forward(name, use_bias):
+    """Sanity check of the reference itself: x·M + b is the keras layer's output."""
+    layer, _, _, m, b, out_shape = setup_case(name, use_bias)
+    x = np.random.default_rng(1).normal(size=(BATCH,) + CASES[name][2]).astype("float32")
+    expected = x.reshape(BATCH, -1).astype("float64") @ m + b
+    actual = np.asarray(layer(x))
+    assert actual.shape[1:] == out_shape
+    np.testing.assert_allclose(actual.reshape(BATCH, -1), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rule_case", RULE_CASES)
+@pytest.mark.parametrize("use_bias", [False, True])
+@pytest.mark.parametrize("name", CASES)
+def test_rule_matches_reference(name, use_bias, rule_case):
+    actual, expected, _, _ = run_case(name, use_bias, rule_case)
+    assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("use_bias", [False, True])
+@pytest.mark.parametrize("name", ["dense_2d", "dense_3d", "conv1d_causal_dilated",
+                                  "conv2d_same_strided", "conv2d_groups2", "conv3d_same_strided"])
+def test_zplus_nonnegative_input_equals_signed_form(name, use_bias):
+    _, kernel, bias, m, _, out_shape = setup_case(name, use_bias)
+    rng = np.random.default_rng(3)
+    x = np.abs(rng.normal(size=(BATCH,) + CASES[name][2])).astype("float32")
+    x[0].flat[::3] = 0.0
+    r = rng.uniform(0.5, 1.5, (BATCH,) + out_shape).astype("float32")
+    fast = np.asarray(relevance_layer(name, rules.ZPlus(), kernel, bias,
+                                      nonnegative_input=True)([x, r]))
+    signed = np.asarray(relevance_layer(name, rules.ZPlus(), kernel, bias)([x, r]))
+    expected = reference("zplus", x.reshape(BATCH, -1).astype("float64"), m, 0.0,
+                         r.reshape(BATCH, -1).astype("float64")).reshape(x.shape)
+    assert_close(fast, expected)
+    assert_close(signed, expected)
+    # the seed's form a_i w⁺_ij on nonnegative inputs
+    assert_close(fast, reference("z", x.reshape(BATCH, -1).astype("float64"), np.maximum(m, 0),
+                                 0.0, r.reshape(BATCH, -1).astype("float64")).reshape(x.shape))
+
+
+# ----------------------------------------------------------------------------------------------
+# Properties
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rule_case", ["z", "zplus", "zbox_channel", "zbox_pixel", "wsquare"])
+@pytest.mark.parametrize("name", ["dense_3d", "conv1d_causal_dilated", "conv2d_valid_strided",
+                                  "conv2d_same_dilated", "conv2d_groups2", "conv3d_same_strided"])
+def test_conservation_without_bias(name, rule_case):
+    actual, _, _, r = run_case(name, False, rule_case, seed=5)
+    assert np.any(r != 0)
+    np.testing.assert_allclose(actual.reshape(BATCH, -1).sum(axis=1),
+                               r.reshape(BATCH, -1).sum(axis=1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["dense_2d", "conv2d_same_strided", "conv3d_same_strided"])
+def test_epsilon_zero_conserves_without_bias(name):
+    _, kernel, _, m, b, out_shape = setup_case(name, False)
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(BATCH,) + CASES[name][2]).astype("float32")
+    r = rng.uniform(0.5, 1.5, (BATCH, int(np.prod(out_shape))))
+    r = well_conditioned(r, x.reshape(BATCH, -1).astype("float64"), m, b).reshape(
+        (BATCH,) + out_shape)
+    actual = np.asarray(relevance_layer(name, rules.Epsilon(0.0), kernel, None)([x, r]))
+    np.testing.assert_allclose(actual.sum(axis=tuple(range(1, x.ndim))),
+                               r.sum(axis=tuple(range(1, r.ndim))), rtol=1e-5)
+
+
+@pytest.mark.parametrize("rule_case", ["zplus", "zbox_scalar", "zbox_channel", "zbox_pixel",
+                                       "wsquare"])
+@pytest.mark.parametrize("name", ["dense_2d", "conv1d_same_strided", "conv2d_same_strided",
+                                  "conv2d_groups2", "conv3d_same_strided"])
+def test_positivity(name, rule_case):
+    actual, _, x, _ = run_case(name, True, rule_case, seed=7)
+    if rule_case == "zplus":
+        assert np.any(x < 0)  # signed inputs
+    assert actual.min() >= -1e-6 * np.abs(actual).max()
+    assert actual.max() > 0
+
+
+@pytest.mark.parametrize("name", ["dense_2d", "dense_3d", "conv1d_causal_dilated",
+                                  "conv2d_valid_strided", "conv2d_groups2", "conv3d_same_strided"])
+def test_z_with_bias_is_gradient_times_input(name):
+    """LRP-0 with R_j = c_j z_j gives R_i = a_i ∂(Σ_j c_j z_j)/∂a_i (bias absorbs Σ c_j b_j)."""
+    layer, kernel, bias, _, _, _ = setup_case(name, True)
+    rng = np.random.default_rng(8)
+    x = tf.constant(rng.normal(size=(BATCH,) + CASES[name][2]).astype("float32"))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        c = tf.constant(rng.uniform(0.5, 1.5, y.shape).astype("float32"))
+        objective = tf.reduce_sum(c * y)
+    grad_x_input = (x * tape.gradient(objective, x)).numpy()
+    actual = np.asarray(relevance_layer(name, rules.Z(), kernel, bias)([x, c * y]))
+    assert_close(actual, grad_x_input)
+    absorbed = (c.numpy() * np.broadcast_to(bias, y.shape)).reshape(BATCH, -1).sum(axis=1)
+    np.testing.assert_allclose(actual.reshape(BATCH, -1).sum(axis=1),
+                               tf.reshape(c * y, (BATCH, -1)).numpy().sum(axis=1) - absorbed,
+                               rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# Zero denominators: zero relevance, never NaN / Inf
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rule", [rules.Z(), rules.Epsilon(0.0), rules.ZPlus(), rules.ZBox(0, 1)],
+                         ids=["z", "epsilon0", "zplus", "zbox"])
+@pytest.mark.parametrize("name", ["dense_2d", "conv2d_same_strided"])
+def test_zero_input_gives_zero_relevance(name, rule):
+    _, kernel, _, _, _, out_shape = setup_case(name, False)
+    x = np.zeros((BATCH,) + CASES[name][2], "float32")  # x = 0 = low for ZBox(0, 1): z_j = 0...
+    kernel = np.abs(kernel) if isinstance(rule, rules.ZBox) else kernel  # ...when w >= 0
+    r = np.ones((BATCH,) + out_shape, "float32")
+    actual = np.asarray(relevance_layer(name, rule, kernel, None)([x, r]))
+    np.testing.assert_array_equal(actual, np.zeros_like(x))
+
+
+def test_cancelling_contributions():
+    """z_j = 0 with z_ij != 0: LRP-0 gives 0; ε uses sign(0) = +1, so z_j -> +ε."""
+    kernel = np.array([[1.0], [1.0]], "float32")
+    x = np.array([[1.0, -1.0], [2.0, 3.0]], "float32")
+    r = np.array([[3.0], [5.0]], "float32")
+    z = np.asarray(DenseRelevance.from_kernel(rules.Z(), kernel)([x, r]))
+    np.testing.assert_allclose(z, [[0.0, 0.0], [2.0, 3.0]], rtol=1e-6)
+    eps = np.asarray(DenseRelevance.from_kernel(rules.Epsilon(0.5), kernel)([x, r]))
+    np.testing.assert_allclose(eps, [[6.0, -6.0], [10 / 5.5 * 2, 10 / 5.5 * 3 / 2]], rtol=1e-6)
+    # the bias can cancel the contributions too: 1·1 + (-1) = 0
+    biased = DenseRelevance.from_kernel(rules.Z(), kernel, np.array([-1.0], "float32"))
+    np.testing.assert_array_equal(biased([np.array([[1.0, 0.0]], "float32"), r[:1]]), [[0, 0]])
+
+
+@pytest.mark.parametrize("rule", [rules.ZPlus(), rules.WSquare()], ids=["zplus", "wsquare"])
+def test_zero_denominator_output_contributes_nothing(rule):
+    """A filter with z_j = 0 (all-negative contributions for z⁺, an all-zero filter for w²)."""
+    _, kernel, _, m, _, out_shape = setup_case("conv2d_same_dilated", False)
+    kernel = kernel.copy()
+    x = np.abs(np.random.default_rng(9).normal(size=(BATCH,) + CASES["conv2d_same_dilated"][2]))
+    x = x.astype("float32")
+    kernel[..., 0] = -np.abs(kernel[..., 0]) if isinstance(rule, rules.ZPlus) else 0.0
+    m = m.copy().reshape(m.shape[0], *out_shape)
+    m[..., 0] = 0.0  # with x >= 0 neither rule has a nonzero z_ij for filter 0
+    r = np.ones((BATCH,) + out_shape, "float32")
+    actual = np.asarray(ConvRelevance.from_kernel(
+        rule, kernel, None, strides=(1, 1), padding="same", dilation_rate=(2, 2))([x, r]))
+    expected = reference("zplus" if isinstance(rule, rules.ZPlus) else "wsquare",
+                         x.reshape(BATCH, -1).astype("float64"), m.reshape(m.shape[0], -1), 0.0,
+                         r.reshape(BATCH, -1).astype("float64")).reshape(x.shape)
+    assert_close(actual, expected)
+    # what is lost is exactly the relevance of filter 0
+    np.testing.assert_allclose(actual.sum(), r[..., 1:].sum(), rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("low, high", [
+    (1.0, 1.0), (2.0, 1.0), ([0.0, 0.0], [1.0, 0.0]), (np.zeros((2, 2, 3)), -np.ones((2, 2, 3))),
+])
+def test_zbox_requires_low_below_high(low, high):
+    with pytest.raises(tf_dtd.InvalidArgumentError, match="low < high"):
+        rules.ZBox(low, high)
+
+
+def test_zbox_bounds_must_broadcast_to_a_sample():
+    with pytest.raises(tf_dtd.InvalidArgumentError):
+        rules.ZBox(np.zeros(3), np.ones(4))
+    layer = DenseRelevance.from_kernel(rules.ZBox(np.zeros(3), np.ones(3)), np.ones((5, 2)))
+    with pytest.raises(tf_dtd.InvalidArgumentError, match="broadcast"):
+        layer([np.zeros((1, 5), "float32"), np.ones((1, 2), "float32")])
+
+
+@pytest.mark.parametrize("epsilon", [-1, -1e-9, float("nan")])
+def test_epsilon_must_be_nonnegative(epsilon):
+    with pytest.raises(tf_dtd.InvalidArgumentError, match="epsilon"):
+        rules.Epsilon(epsilon)
+
+
+# ----------------------------------------------------------------------------------------------
+# Serialisation
+# ----------------------------------------------------------------------------------------------
+
+def assert_layer_roundtrip(layer, inputs, tmp_path):
+    """Config round trip, symbolic call, and .keras save/load in safe mode: identical outputs."""
+    expected = np.asarray(layer(inputs))
+    clone = type(layer).from_config(layer.get_config())
+    clone(inputs)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_array_equal(np.asarray(clone(inputs)), expected)
+    assert clone.get_config() == layer.get_config()
+
+    symbolic = [keras.Input(shape=t.shape[1:]) for t in inputs]
+    output = layer(symbolic)
+    assert tuple(output.shape) == (None,) + inputs[0].shape[1:]
+    model = keras.Model(symbolic, output)
+    np.testing.assert_allclose(np.asarray(model(inputs)), expected, rtol=1e-6, atol=1e-7)
+
+    path = tmp_path / "relevance.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(np.asarray(loaded(inputs)), np.asarray(model(inputs)))
+    assert type(loaded.layers[-1]) is type(layer)
+
+
+@pytest.mark.parametrize("name", ["dense_3d", "conv2d_same_strided"])
+def test_layer_roundtrip_zbox_per_channel(name, tmp_path):
+    _, kernel, bias, _, _, out_shape = setup_case(name, True)
+    rule, x, r, _ = make_rule_and_data("zbox_channel", CASES[name][2], out_shape, seed=10)
+    layer = relevance_layer(name, rule, kernel, bias)
+    assert_layer_roundtrip(layer, [x, r], tmp_path)
+
+
+@pytest.mark.parametrize("rule", [rules.Z(), rules.Epsilon(0.25), rules.ZPlus(), rules.WSquare(),
+                                  rules.ZBox([0.0, -1.0], [1.0, 2.0])],
+                         ids=["z", "epsilon", "zplus", "wsquare", "zbox"])
+def test_rule_config_roundtrip(rule):
+    again = rules.deserialize(rules.serialize(rule))
+    assert type(again) is type(rule)
+    assert again.get_config() == rule.get_config()
