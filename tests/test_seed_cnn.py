@@ -276,13 +276,15 @@ def _check_reference_is_well_posed(margins, heatmaps):
         assert np.abs(heatmap).sum() > 0
 
 
-def _assert_heatmaps_match(actual, expected, rtol=1e-5):
+def _assert_heatmaps_match(actual, expected, rtol=5e-6):
+    # float32 through four layers vs float64: observed ≤ 6e-7 relative per pixel. z^B and z⁺
+    # sum non-negative terms (no cancellation), so a per-pixel rtol is meaningful.
     assert actual.shape == expected.shape == (BATCH, 28, 28, 1)
     assert actual.dtype == np.float32
     for sample in range(BATCH):
         scale = np.abs(expected[sample]).max()
         np.testing.assert_allclose(
-            actual[sample], expected[sample], rtol=rtol, atol=1e-6 * scale,
+            actual[sample], expected[sample], rtol=rtol, atol=1e-7 * scale,
             err_msg=f"heatmap of sample {sample} differs from the float64 reference")
 
 
@@ -325,7 +327,8 @@ def test_conservation_and_positivity_without_biases(nets):
     heatmaps = rel_model.predict(x, verbose=0).astype("float64")
 
     totals = heatmaps.reshape(BATCH, -1).sum(axis=1)
-    np.testing.assert_array_less(np.abs(totals - top), 1e-4 * np.abs(top))
+    # Observed ≤ 3e-7 relative; the brief's bound is 1e-4, tightened to 1e-5.
+    np.testing.assert_array_less(np.abs(totals - top), 1e-5 * np.abs(top))
     assert heatmaps.min() >= 0, f"negative relevance {heatmaps.min()} under z⁺/z^B"
     assert np.count_nonzero(heatmaps) > 0.5 * heatmaps.size
 
@@ -337,7 +340,7 @@ def test_conservation_and_positivity_without_biases(nets):
 
 
 def _non_argmax_class(logits):
-    """A class that is not the top class of sample 0 (and ideally of none)."""
+    """A class that is the top class of no sample."""
     top = set(np.argmax(logits, axis=1).tolist())
     return next(c for c in range(NUM_CLASSES) if c not in top)
 

@@ -6,7 +6,7 @@ Example:
     >>> heatmaps = relevance.predict(images)
 """
 
-from tf_dtd import rules
+from tf_dtd import layers, rules
 from tf_dtd.composites import PRESETS, Composite
 from tf_dtd.errors import (
     InvalidArgumentError,
@@ -28,6 +28,7 @@ __all__ = [
     "UnsupportedLayerError",
     "UnsupportedModelError",
     "explain",
+    "layers",
     "register_layer_rule",
     "relevance_model",
     "rules",

@@ -88,6 +88,9 @@ class KernelRelevance(_RelevanceLayer):
     def from_kernel(cls, rule, kernel, bias=None, **kwargs):
         """Build the layer from a forward layer's kernel and bias (NumPy arrays)."""
         params = rule.params(np.asarray(kernel), None if bias is None else np.asarray(bias))
+        parts = rule.parts(nonnegative_input=kwargs.get("nonnegative_input", False))
+        used = {t.kernel for part in parts for t in part.terms} | {part.bias for part in parts}
+        params = {key: value for key, value in params.items() if key in used}
         layer = cls(rule, {key: value.shape for key, value in params.items()}, **kwargs)
         layer._initial_params = params
         return layer
