@@ -145,3 +145,11 @@ def test_register_layer_rule_validates_arguments():
         tf_dtd.register_layer_rule("Dense", lambda *a: None)
     with pytest.raises(tf_dtd.InvalidArgumentError, match="callable"):
         tf_dtd.register_layer_rule(ChannelScale, None)
+
+
+def test_keras_operation_nodes_are_named():
+    a = keras.Input((4,))
+    h = L.Dense(4)(a)
+    model = keras.Model(a, L.Dense(2)(keras.ops.exp(h)))
+    with pytest.raises(tf_dtd.UnsupportedLayerError, match=r"No relevance handler for layer '\w+'"):
+        tf_dtd.relevance_model(model, "lrp_z")

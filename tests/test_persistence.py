@@ -84,3 +84,14 @@ def test_xla_compiled_relevance_matches(model, x, rules):
     actual = compiled.predict(x, verbose=0)
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
     assert np.abs(expected).max() > 0
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_explains_models_loaded_from_files(model, x, tmp_path, suffix):
+    path = str(tmp_path / f"classifier{suffix}")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    expected = tf_dtd.explain(model, x, input_range=(0.0, 1.0))
+    actual = tf_dtd.explain(loaded, x, input_range=(0.0, 1.0))
+    np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-9)
+    assert np.abs(actual).sum() > 0

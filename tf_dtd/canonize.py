@@ -121,6 +121,8 @@ def canonical_model(graph, *, name):
 def _clone(layer, overrides, names):
     try:
         config = layer.get_config()
+        # The copy's weights are set right after it is built: skip random initialisation.
+        config.update({k: "zeros" for k in config if k.endswith("_initializer")})
         config.update(overrides)
         base = config.get("name", layer.name)
         config["name"] = _unique(base, names)

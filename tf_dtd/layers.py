@@ -49,6 +49,11 @@ def _vjp(forward, inputs, relevance, epsilon=None):
     return inputs, grads
 
 
+def _constant(value):
+    """An initializer that returns ``value`` (saves filling zeros and assigning afterwards)."""
+    return lambda shape, dtype=None: ops.cast(value, dtype)
+
+
 class _RelevanceLayer(keras.layers.Layer):
     """Shared shape logic: the output has the shape(s) of the forward input(s)."""
 
@@ -98,15 +103,13 @@ class KernelRelevance(_RelevanceLayer):
     def build(self, input_shape):
         self.rule.check_input_shape(input_shape[0][1:])
         self._param_names = sorted(self.param_shapes)
+        initial = self._initial_params or {}
         self._param_variables = [
-            self.add_weight(name=key, shape=self.param_shapes[key], initializer="zeros",
-                            trainable=False)
+            self.add_weight(name=key, shape=self.param_shapes[key], trainable=False,
+                            initializer=_constant(initial[key]) if key in initial else "zeros")
             for key in self._param_names
         ]
-        if self._initial_params is not None:
-            for key, variable in zip(self._param_names, self._param_variables):
-                variable.assign(self._initial_params[key].astype(variable.dtype))
-            self._initial_params = None
+        self._initial_params = None
 
     def linear(self, x, kernel):
         """The layer's linear map without bias."""
