@@ -290,3 +290,20 @@ def test_max_pooling_ties_do_not_duplicate_relevance(pool):
         x, verbose=0)
     np.testing.assert_allclose(relevance.sum(axis=(1, 2, 3)), logits[:, 0], rtol=1e-6)
     assert relevance.min() >= 0
+
+
+def test_channels_first_convolution_folds_and_matches_gradient_times_input():
+    # TF runs channels-first 1-D/2-D convolutions on GPU only; 3-D ones also on CPU (via XLA).
+    inputs = keras.Input((3, 6, 6, 6))
+    h = L.Conv3D(4, 3, padding="same", data_format="channels_first", use_bias=False)(inputs)
+    h = L.BatchNormalization(axis=1)(h)
+    h = L.ReLU()(h)
+    h = L.AveragePooling3D(2, data_format="channels_first")(h)
+    model = _randomize(keras.Model(inputs, L.Dense(10)(L.Flatten()(h))))
+    x = _x((3, 3, 6, 6, 6))
+    rel_model = tf_dtd.relevance_model(model, "lrp_z", return_prediction=True)
+    assert not any(isinstance(l, L.BatchNormalization) for l in rel_model.layers)
+    relevance, logits = rel_model.predict(x, verbose=0)
+    np.testing.assert_allclose(logits, model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    expected = _grad_times_input(model, x, logits.argmax(-1))
+    np.testing.assert_allclose(relevance, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())

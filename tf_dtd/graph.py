@@ -108,6 +108,10 @@ def trace(model):
     input_id = id(inputs[0])
     tracer.tensors[input_id] = inputs[0]
     (output_id,) = tracer.expand(model, [input_id])
+    if not tracer.nodes:
+        raise UnsupportedModelError(
+            f"Model {describe(model)} has no layers between its input and output."
+        )
     input_name = inputs[0]._keras_history.operation.name
     return Graph(tuple(tracer.nodes), input_id, output_id, tracer.tensors, input_name)
 

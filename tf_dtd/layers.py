@@ -175,16 +175,18 @@ class ConvRelevance(KernelRelevance):
         self.data_format = data_format
 
     def linear(self, x, kernel):
+        # Computed channels-last: TF has no CPU kernel for channels-first convolution gradients.
+        channels_first = self.data_format == "channels_first"
+        if channels_first:
+            x = ops.moveaxis(x, 1, -1)
         padding = self.padding
         if padding == "causal":
             left = self.dilation_rate[0] * (kernel.shape[0] - 1)
-            time_axis = 1 if self.data_format == "channels_last" else 2
-            pad = [[0, 0]] * len(x.shape)
-            pad[time_axis] = [left, 0]
-            x = ops.pad(x, pad)
+            x = ops.pad(x, [[0, 0], [left, 0], [0, 0]])
             padding = "valid"
-        return ops.conv(x, kernel, strides=self.strides, padding=padding,
-                        data_format=self.data_format, dilation_rate=self.dilation_rate)
+        z = ops.conv(x, kernel, strides=self.strides, padding=padding,
+                     data_format="channels_last", dilation_rate=self.dilation_rate)
+        return ops.moveaxis(z, -1, 1) if channels_first else z
 
     def add_bias(self, z, bias):
         if self.data_format == "channels_first":

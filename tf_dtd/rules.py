@@ -138,7 +138,7 @@ def _with_bias(bias, **params):
     return params
 
 
-def _positive_parts(nonnegative_input):
+def _positive_terms(nonnegative_input):
     """(a·w)⁺ = a⁺w⁺ + a⁻w⁻: the terms of z⁺; only the first when a ≥ 0."""
     terms = (Term("x", "w_pos"),) if nonnegative_input else (
         Term("x_pos", "w_pos"), Term("x_neg", "w_neg"))
@@ -191,7 +191,7 @@ class ZPlus(Rule):
         return {"w_pos": np.maximum(kernel, 0), "w_neg": np.minimum(kernel, 0)}
 
     def parts(self, *, nonnegative_input=False):
-        return (Part(_positive_parts(nonnegative_input)),)
+        return (Part(_positive_terms(nonnegative_input)),)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -252,13 +252,15 @@ class ZBox(Rule):
         return super().input(name, x)
 
     def check_input_shape(self, sample_shape):
+        sample_shape = tuple(sample_shape)
+        known = tuple(1 if d is None else d for d in sample_shape)  # unknown sizes take a bound of size 1
         for name in ("low", "high"):
             bound = getattr(self, name)
             try:
-                shape = np.broadcast_shapes(bound.shape, tuple(sample_shape))
+                shape = np.broadcast_shapes(bound.shape, known)
             except ValueError:
                 shape = None
-            if shape != tuple(sample_shape):
+            if shape != known:
                 raise InvalidArgumentError(
                     f"ZBox.{name} of shape {bound.shape} does not broadcast to one input sample "
                     f"of shape {tuple(sample_shape)}."
