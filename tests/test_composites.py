@@ -1,0 +1,81 @@
+"""Composite precedence, first-layer detection through the graph, and preset resolution."""
+
+import keras
+import pytest
+
+import tf_dtd
+from tf_dtd import rules
+from tf_dtd.composites import resolve
+
+L = keras.layers
+
+
+def _rules_by_layer(rel_model):
+    """Forward layer name -> the rule its relevance layer applies."""
+    return {layer.name.removesuffix("_relevance"): layer.rule for layer in rel_model.layers
+            if isinstance(layer, tf_dtd.layers.KernelRelevance)}
+
+
+def _model():
+    inputs = keras.Input((8, 8, 3))
+    padded = L.ZeroPadding2D(1)(inputs)
+    a = L.Conv2D(4, 3, name="conv_after_padding", activation="relu")(padded)
+    inner_in = keras.Input((8, 8, 3))
+    inner = keras.Model(inner_in, L.Conv2D(4, 3, padding="same", name="conv_in_nested",
+                                          activation="relu")(inner_in), name="inner")
+    b = inner(inputs)
+    c = L.Conv2D(4, 3, padding="same", name="conv_second", activation="relu")(
+        L.Concatenate()([a, b]))
+    outputs = L.Dense(3, name="head")(L.Flatten()(c))
+    return keras.Model(inputs, outputs)
+
+
+def test_first_layers_are_found_through_padding_and_nested_models():
+    composite = tf_dtd.Composite(default=rules.Z(), first=rules.WSquare())
+    assigned = _rules_by_layer(tf_dtd.relevance_model(_model(), composite))
+    assert {name for name, rule in assigned.items() if isinstance(rule, rules.WSquare)} == {
+        "conv_after_padding", "conv_in_nested"}
+    assert isinstance(assigned["conv_second"], rules.Z)
+    assert isinstance(assigned["head"], rules.Z)
+
+
+def test_precedence_by_name_then_first_then_by_type_then_default():
+    composite = tf_dtd.Composite(
+        default=rules.Z(),
+        first=rules.WSquare(),
+        by_type={L.Conv2D: rules.ZPlus(), L.Dense: rules.Epsilon(0.5)},
+        by_name={"conv_in_nested": rules.Epsilon(0.25)},
+    )
+    assigned = _rules_by_layer(tf_dtd.relevance_model(_model(), composite))
+    assert assigned["conv_in_nested"] == rules.Epsilon(0.25)  # by_name beats first
+    assert isinstance(assigned["conv_after_padding"], rules.WSquare)  # first beats by_type
+    assert isinstance(assigned["conv_second"], rules.ZPlus)  # by_type beats default
+    assert assigned["head"] == rules.Epsilon(0.5)
+
+
+def test_by_type_follows_the_class_hierarchy():
+    class MyDense(L.Dense):
+        pass
+
+    composite = tf_dtd.Composite(default=rules.Z(), by_type={L.Dense: rules.ZPlus()})
+    layer = MyDense(2, name="mine")
+    assert isinstance(composite.rule_for(layer), rules.ZPlus)
+    assert isinstance(composite.rule_for(L.Conv2D(2, 1)), rules.Z)
+
+
+def test_resolve_accepts_presets_rules_and_composites():
+    assert isinstance(resolve("deep_taylor").default, rules.ZPlus)
+    bounded = resolve("deep_taylor_bounded", (0.0, 1.0))
+    assert isinstance(bounded.first, rules.ZBox) and isinstance(bounded.default, rules.ZPlus)
+    assert isinstance(resolve("deep_taylor_unbounded").first, rules.WSquare)
+    assert resolve(rules.Epsilon(0.1)).default == rules.Epsilon(0.1)
+    composite = tf_dtd.Composite()
+    assert resolve(composite) is composite
+    assert set(tf_dtd.PRESETS) >= {"deep_taylor", "deep_taylor_bounded", "deep_taylor_unbounded",
+                                   "lrp_z", "lrp_epsilon"}
+    with pytest.raises(tf_dtd.InvalidArgumentError, match="preset name"):
+        resolve(42)
+    with pytest.raises(tf_dtd.InvalidArgumentError, match="must be a tf_dtd.rules.Rule"):
+        tf_dtd.Composite(default="z")
+    with pytest.raises(tf_dtd.InvalidArgumentError, match="layer classes"):
+        tf_dtd.Composite(by_type={"Dense": rules.Z()})
