@@ -153,3 +153,29 @@ def test_keras_operation_nodes_are_named():
     model = keras.Model(a, L.Dense(2)(keras.ops.exp(h)))
     with pytest.raises(tf_dtd.UnsupportedLayerError, match=r"No relevance handler for layer '\w+'"):
         tf_dtd.relevance_model(model, "lrp_z")
+
+
+def test_explain_checks_per_sample_class_ids():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, L.Dense(3)(inputs))
+    x = np.ones((5, 4), "float32")
+    with pytest.raises(tf_dtd.InvalidArgumentError, match=r"\[0, 3\). Received: min 0, max 7"):
+        tf_dtd.explain(model, x, "lrp_z", target=np.array([0, 1, 2, 0, 7]))
+    with pytest.raises(tf_dtd.InvalidArgumentError, match="min -1"):
+        tf_dtd.explain(model, x, "lrp_z", target=np.array([0, 1, 2, 0, -1]))
+    with pytest.raises(tf_dtd.InvalidArgumentError, match="one class id per sample"):
+        tf_dtd.explain(model, x, "lrp_z", target=[0, 1])
+    with pytest.raises(tf_dtd.InvalidArgumentError, match="integer"):
+        tf_dtd.explain(model, x, "lrp_z", target=np.full(5, 0.5))
+    with pytest.raises(tf_dtd.InvalidArgumentError, match="pass target=<array"):
+        tf_dtd.explain(model, x, "lrp_z", target="input")
+    named = tf_dtd.explain(model, x, "lrp_z", target=np.array([0, 1, 2, 0, 1]), name="mine")
+    assert named.shape == x.shape and np.abs(named).sum() > 0
+
+
+@pytest.mark.parametrize("input_range", [(np.zeros(2), np.ones(3)), ("a", "b"), (0.0,)])
+def test_malformed_input_range_is_a_tf_dtd_error(input_range):
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, L.Dense(2)(inputs))
+    with pytest.raises(tf_dtd.InvalidArgumentError, match="input_range must be a pair"):
+        tf_dtd.relevance_model(model, input_range=input_range)

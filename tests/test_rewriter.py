@@ -307,3 +307,57 @@ def test_channels_first_convolution_folds_and_matches_gradient_times_input():
     np.testing.assert_allclose(logits, model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
     expected = _grad_times_input(model, x, logits.argmax(-1))
     np.testing.assert_allclose(relevance, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+
+
+def test_layer_names_never_collide_with_tf_dtd_names():
+    inputs = keras.Input((4,), name="class_ids")
+    h = L.Dense(3, name="relevance", activation="relu")(inputs)
+    h = L.Dense(3, name="target_relevance", activation="relu")(h)
+    h = L.Dense(3, name="relevance_relevance")(h)
+    model = _randomize(keras.Model(inputs, L.Dense(2, name="relevance_sum")(h)))
+    x = _x((3, 4))
+    relevance = tf_dtd.relevance_model(model, "lrp_z", target="input").predict(
+        [x, np.array([0, 1, 0])], verbose=0)
+    assert relevance.shape == x.shape and np.abs(relevance).sum() > 0
+
+
+def test_by_name_rules_use_the_users_layer_names_in_nested_models():
+    inner = keras.Sequential([keras.Input((4,)), L.Dense(4, activation="relu", name="fc")],
+                             name="inner")
+    inputs = keras.Input((4,))
+    h = L.Dense(4, activation="relu", name="fc")(inner(inputs))
+    model = keras.Model(inputs, L.Dense(2, name="fc_1")(h))
+    composite = tf_dtd.Composite(default=tf_dtd.rules.ZPlus(),
+                                 by_name={"fc_1": tf_dtd.rules.Epsilon(0.5)})
+    rel_model = tf_dtd.relevance_model(model, composite)
+    by_layer = {l.name: l.rule for l in rel_model.layers
+                if isinstance(l, tf_dtd.layers.KernelRelevance)}
+    epsilon_layers = [name for name, rule in by_layer.items() if rule == tf_dtd.rules.Epsilon(0.5)]
+    assert len(by_layer) == 3 and len(epsilon_layers) == 1
+    # the user's fc_1 is the output layer, the one the target relevance enters first
+    head = [l for l in rel_model.layers if l.name in epsilon_layers][0]
+    assert head.param_shapes["w"] == (4, 2)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "float64"])
+def test_models_in_other_precisions(policy, tmp_path):
+    try:
+        keras.config.set_dtype_policy(policy)
+        inputs = keras.Input((6, 6, 2))
+        h = L.Conv2D(3, 3, padding="same", activation="relu")(inputs)
+        h = L.Add()([L.MaxPooling2D(2)(h), L.AveragePooling2D(2)(h)])
+        h = L.BatchNormalization()(L.ReLU()(h))
+        model = keras.Model(inputs, L.Dense(4, activation="softmax", dtype="float32")(
+            L.Flatten()(h)))
+        path = str(tmp_path / "model.keras")
+        model.save(path)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    x = _x((3, 6, 6, 2), low=0.0)
+    for candidate in (model, keras.models.load_model(path)):  # as trained, and reloaded in float32
+        relevance, logits = tf_dtd.relevance_model(
+            candidate, "lrp_epsilon", return_prediction=True).predict(x, verbose=0)
+        assert relevance.dtype == np.float32 and np.all(np.isfinite(relevance))
+        assert np.abs(relevance).sum() > 0
+        np.testing.assert_allclose(keras.ops.softmax(logits), model.predict(x, verbose=0),
+                                   rtol=1e-2, atol=1e-3)

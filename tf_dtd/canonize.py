@@ -4,64 +4,26 @@
 made of cloned layers: a BatchNormalization that directly follows a Dense or Conv layer is folded
 into that layer's kernel and bias, and a final softmax / sigmoid is removed so that the output is
 the logits. The caller's model and layers are never touched.
-
-:func:`output_nonnegative` is the sign analysis that lets z⁺ skip its a⁻ terms after a ReLU.
 """
 
 import keras
 import numpy as np
 
+from tf_dtd.analysis import activation_name
 from tf_dtd.errors import TfDtdError, describe
 
-__all__ = ["canonical_model", "output_nonnegative", "activation_name"]
+__all__ = ["canonical_model"]
 
 _LINEAR_FOLDABLE = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D,
                     keras.layers.Conv3D)
 _OUTPUT_SQUASHERS = ("softmax", "sigmoid")
-_NONNEGATIVE_ACTIVATIONS = ("relu", "relu6", "sigmoid", "hard_sigmoid", "softmax", "softplus",
-                            "exponential")
-_SIGN_PRESERVING = (
-    keras.layers.Activation, keras.layers.Flatten, keras.layers.Reshape, keras.layers.Permute,
-    keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D, keras.layers.ZeroPadding3D,
-    keras.layers.Cropping1D, keras.layers.Cropping2D, keras.layers.Cropping3D,
-    keras.layers.MaxPooling1D, keras.layers.MaxPooling2D, keras.layers.MaxPooling3D,
-    keras.layers.AveragePooling1D, keras.layers.AveragePooling2D, keras.layers.AveragePooling3D,
-    keras.layers.GlobalMaxPooling1D, keras.layers.GlobalMaxPooling2D,
-    keras.layers.GlobalMaxPooling3D, keras.layers.GlobalAveragePooling1D,
-    keras.layers.GlobalAveragePooling2D, keras.layers.GlobalAveragePooling3D,
-    keras.layers.Dropout, keras.layers.SpatialDropout1D, keras.layers.SpatialDropout2D,
-    keras.layers.SpatialDropout3D, keras.layers.GaussianDropout, keras.layers.GaussianNoise,
-    keras.layers.AlphaDropout, keras.layers.Concatenate, keras.layers.Add,
-)
-
-
-def activation_name(layer):
-    """The name of a layer's (fused) activation, ``None`` where it has none or no name."""
-    if isinstance(layer, keras.layers.Softmax):
-        return "softmax"
-    try:
-        activation = layer.get_config().get("activation")
-    except (NotImplementedError, AttributeError, TypeError):
-        return None
-    return activation if isinstance(activation, str) else None
-
-
-def output_nonnegative(layer, inputs_nonnegative):
-    """Whether ``layer``'s output is ≥ 0 for every input, given which inputs are ≥ 0."""
-    if isinstance(layer, keras.layers.ReLU):
-        return layer.negative_slope == 0 and layer.threshold >= 0
-    name = activation_name(layer)
-    if name is not None and name != "linear":
-        return name in _NONNEGATIVE_ACTIVATIONS
-    return isinstance(layer, _SIGN_PRESERVING) and all(inputs_nonnegative)
-
-
 def canonical_model(graph, *, name):
     """A new flat model computing the logits of ``graph``, with BatchNorm folded.
 
     Returns:
-        ``(model, folded)``: the canonical ``keras.Model`` and the names of the BatchNorm layers
-        that were folded.
+        ``(model, original_names)``: the canonical ``keras.Model``, and for each of its layers
+        the name of the user's layer it copies (they differ where flattening nested models made
+        two names collide).
     """
     consumers = graph.consumers()
     producers = graph.producers()
@@ -89,7 +51,7 @@ def canonical_model(graph, *, name):
     inputs = keras.Input(shape=tuple(source.shape[1:]), dtype=source.dtype,
                          name=graph.input_name)
     values = {graph.input_id: inputs}
-    clones, names, weights_set = {}, set(), set()
+    clones, names, weights_set, original_names = {}, {graph.input_name}, set(), {}
     for node in graph.nodes:
         if id(node) in skipped:
             values[node.outputs[0]] = values[skipped[id(node)]]
@@ -103,6 +65,7 @@ def canonical_model(graph, *, name):
             if node is output_node and strip_activation:
                 overrides["activation"] = "linear"
             clones[key] = _clone(node.layer, overrides, names)
+            original_names[clones[key].name] = node.layer.name
         clone = clones[key]
         outputs = keras.tree.flatten(node.call(clone, [values[i] for i in node.inputs]))
         if key not in weights_set:
@@ -115,7 +78,7 @@ def canonical_model(graph, *, name):
         for tensor_id, tensor in zip(node.outputs, outputs):
             values[tensor_id] = tensor
     model = keras.Model(inputs, values[graph.output_id], name=name)
-    return model, [fold.layer.name for fold in folds.values()]
+    return model, original_names
 
 
 def _clone(layer, overrides, names):

@@ -52,10 +52,15 @@ class Composite:
         object.__setattr__(self, "by_type", types.MappingProxyType(dict(self.by_type)))
         object.__setattr__(self, "by_name", types.MappingProxyType(dict(self.by_name)))
 
-    def rule_for(self, layer, *, is_first=False):
-        """The rule ``layer`` gets; ``is_first`` says whether it reads the model input."""
-        if layer.name in self.by_name:
-            return self.by_name[layer.name]
+    def rule_for(self, layer, *, is_first=False, name=None):
+        """The rule ``layer`` gets.
+
+        ``is_first`` says whether it reads the model input; ``name`` is the name ``by_name``
+        matches, ``layer.name`` by default.
+        """
+        name = layer.name if name is None else name
+        if name in self.by_name:
+            return self.by_name[name]
         if is_first and self.first is not None:
             return self.first
         for cls in type(layer).__mro__:

@@ -20,6 +20,7 @@ __all__ = [
     "ConvRelevance",
     "RoutingRelevance",
     "ProportionalRelevance",
+    "InputConstant",
     "TargetRelevance",
 ]
 
@@ -41,12 +42,14 @@ def _vjp(forward, inputs, relevance, epsilon=None):
     if epsilon is None:
         cotangent = relevance
     else:
-        cotangent = ops.divide_no_nan(relevance, rules_lib.stabilize(z, epsilon))
+        denominator = rules_lib.stabilize(ops.cast(z, relevance.dtype), epsilon)
+        cotangent = ops.divide_no_nan(relevance, denominator)
+    # A wrapped layer may compute in another dtype (mixed precision) than the relevance.
     grads = tape.gradient(
-        z, list(inputs), output_gradients=cotangent,
+        z, list(inputs), output_gradients=ops.cast(cotangent, z.dtype),
         unconnected_gradients=tf.UnconnectedGradients.ZERO,
     )
-    return inputs, grads
+    return inputs, [ops.cast(g, x.dtype) for g, x in zip(grads, inputs)]
 
 
 def _constant(value):
@@ -72,20 +75,24 @@ class KernelRelevance(_RelevanceLayer):
         rule: a :class:`tf_dtd.rules.Rule`, or its serialised dict.
         param_shapes: shape of each modified parameter, keyed as the rule names them.
         nonnegative_input: the forward input is known to be ≥ 0 (lets the rule drop a⁻ terms).
+        constant_inputs: names of rule input constants (``rule.input_constants()``) passed as
+            extra call inputs instead of being derived from ``x`` (see ``Rule.input_constants``).
 
     Call arguments:
-        inputs: pair ``(x, relevance)``, the forward input of the layer and the relevance at its
-            output.
+        inputs: ``[x, relevance, *constants]``: the forward input of the layer, the relevance at
+            its output, and one tensor shaped like ``x`` per name in ``constant_inputs``.
 
     Returns:
         Relevance at the layer input, shaped like ``x``.
     """
 
-    def __init__(self, rule, param_shapes, *, nonnegative_input=False, **kwargs):
+    def __init__(self, rule, param_shapes, *, nonnegative_input=False, constant_inputs=(),
+                 **kwargs):
         super().__init__(**kwargs)
         self.rule = rule if isinstance(rule, rules_lib.Rule) else rules_lib.deserialize(rule)
         self.param_shapes = {key: tuple(shape) for key, shape in param_shapes.items()}
         self.nonnegative_input = bool(nonnegative_input)
+        self.constant_inputs = tuple(constant_inputs)
         self._parts = self.rule.parts(nonnegative_input=self.nonnegative_input)
         self._initial_params = None
 
@@ -101,7 +108,8 @@ class KernelRelevance(_RelevanceLayer):
         return layer
 
     def build(self, input_shape):
-        self.rule.check_input_shape(input_shape[0][1:])
+        if not self.constant_inputs:
+            self.rule.check_input_shape(input_shape[0][1:])
         self._param_names = sorted(self.param_shapes)
         initial = self._initial_params or {}
         self._param_variables = [
@@ -119,12 +127,13 @@ class KernelRelevance(_RelevanceLayer):
         return z + bias
 
     def call(self, inputs):
-        x, relevance = inputs
+        x, relevance, *constants = inputs
+        constants = dict(zip(self.constant_inputs, constants))
         params = dict(zip(self._param_names, self._param_variables))
         result = None
         for part in self._parts:
             names = sorted({term.input for term in part.terms})
-            variants = [self.rule.input(name, x) for name in names]
+            variants = [constants[n] if n in constants else self.rule.input(n, x) for n in names]
 
             def forward(*tensors, part=part, names=names):
                 by_name = dict(zip(names, tensors))
@@ -146,7 +155,11 @@ class KernelRelevance(_RelevanceLayer):
             "rule": rules_lib.serialize(self.rule),
             "param_shapes": {key: list(shape) for key, shape in self.param_shapes.items()},
             "nonnegative_input": self.nonnegative_input,
+            "constant_inputs": list(self.constant_inputs),
         }
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
 
 
 @_register
@@ -279,6 +292,48 @@ class ProportionalRelevance(_WrappedLayerRelevance):
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}
+
+
+@_register
+class InputConstant(keras.layers.Layer):
+    """A constant (the z^B box, w²'s ones mask) broadcast to the shape of the input batch.
+
+    Args:
+        value_shape: shape of the constant; it must broadcast to one input sample.
+
+    Call arguments:
+        inputs: the batch whose shape the output takes.
+    """
+
+    def __init__(self, value_shape, **kwargs):
+        super().__init__(**kwargs)
+        self.value_shape = tuple(value_shape)
+        self._initial_value = None
+
+    @classmethod
+    def from_value(cls, value, **kwargs):
+        value = np.asarray(value)
+        layer = cls(value.shape, **kwargs)
+        layer._initial_value = value
+        return layer
+
+    def build(self, input_shape):
+        rules_lib.check_broadcastable(self.value_shape, input_shape[1:], f"Constant {self.name!r}")
+        initial = self._initial_value
+        self.value = self.add_weight(
+            name="value", shape=self.value_shape, trainable=False,
+            initializer="zeros" if initial is None else _constant(initial),
+        )
+        self._initial_value = None
+
+    def call(self, inputs):
+        return ops.broadcast_to(ops.cast(self.value, inputs.dtype), ops.shape(inputs))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "value_shape": list(self.value_shape)}
 
 
 @_register

@@ -14,7 +14,7 @@ import keras
 from keras import ops
 
 from tf_dtd import layers as relevance_layers
-from tf_dtd.canonize import activation_name
+from tf_dtd.analysis import activation_name
 from tf_dtd.errors import InvalidArgumentError, UnsupportedLayerError, describe
 
 __all__ = ["HandlerContext", "register_layer_rule", "find_handler"]
@@ -31,11 +31,16 @@ class HandlerContext:
         name: the name to give the relevance layer.
         is_first: the layer reads the model input (through layers without weights).
         nonnegative_inputs: per forward input, whether it is known to be ≥ 0.
+        input_constants: names of the rule's input constants (``rule.input_constants()``,
+            e.g. z^B's ``"low"`` and ``"high"``) that the rewriter can pass to the relevance
+            layer, carried from the model input to this layer's input; a relevance layer asks for
+            them by listing them in its ``constant_inputs`` attribute.
     """
 
     name: str
     is_first: bool
     nonnegative_inputs: tuple
+    input_constants: tuple = ()
 
 
 def register_layer_rule(layer_class, handler):
@@ -105,6 +110,7 @@ def _kernel_args(layer, rule, context):
         kernel=ops.convert_to_numpy(layer.kernel),
         bias=bias,
         nonnegative_input=context.nonnegative_inputs[0],
+        constant_inputs=context.input_constants,
         name=context.name,
     )
 

@@ -10,9 +10,9 @@ No layer class is special-cased here.
 import keras
 import numpy as np
 
-from tf_dtd import canonize, composites, graph as graph_lib, registry
+from tf_dtd import analysis, canonize, composites, graph as graph_lib, registry
 from tf_dtd.errors import InvalidArgumentError, UnsupportedModelError, describe
-from tf_dtd.layers import TargetRelevance
+from tf_dtd.layers import InputConstant, KernelRelevance, TargetRelevance
 
 __all__ = ["relevance_model", "explain"]
 
@@ -56,8 +56,9 @@ def relevance_model(model, rules="deep_taylor_bounded", *, input_range=None, tar
     for node in traced.nodes:
         registry.find_handler(node.layer)
 
-    forward, _ = canonize.canonical_model(traced, name=f"{model.name}_canonical")
+    forward, original_names = canonize.canonical_model(traced, name=f"{model.name}_canonical")
     canonical = graph_lib.trace(forward)
+    namer = _Namer(forward.layers)
     x = forward.inputs[0]
     logits = canonical.tensors[canonical.output_id]
     if len(logits.shape) != 2:
@@ -65,18 +66,19 @@ def relevance_model(model, rules="deep_taylor_bounded", *, input_range=None, tar
             f"tf_dtd explains models whose output is (batch, classes). Received: output shape "
             f"{tuple(logits.shape)} from model {describe(model)}."
         )
-    num_classes = logits.shape[-1]
     inputs = [x]
     if target == "input":
-        class_ids = keras.Input(shape=(), dtype="int32", name="class_ids")
+        class_ids = keras.Input(shape=(), dtype="int32", name=namer("class_ids"))
         inputs.append(class_ids)
-        start = TargetRelevance("input", name="target_relevance")([logits, class_ids])
+        start = TargetRelevance("input", name=namer("target_relevance"))([logits, class_ids])
     else:
-        _check_target(target, num_classes)
-        start = TargetRelevance(target, name="target_relevance")(logits)
+        _check_target(target, logits.shape[-1])
+        start = TargetRelevance(target, name=namer("target_relevance"))(logits)
 
-    relevance = _reverse(canonical, composite, start, input_range)
-    relevance = keras.layers.Activation("linear", dtype="float32", name="relevance")(relevance)
+    walk = _ReverseWalk(canonical, composite, namer, original_names, input_range)
+    relevance = walk.run(start)
+    relevance = keras.layers.Activation("linear", dtype=_output_dtype(relevance),
+                                        name=namer("relevance"))(relevance)
     outputs = [relevance, logits] if return_prediction else relevance
     result = keras.Model(inputs if len(inputs) > 1 else x, outputs,
                          name=name or f"{model.name}_relevance")
@@ -85,43 +87,69 @@ def relevance_model(model, rules="deep_taylor_bounded", *, input_range=None, tar
 
 
 def explain(model, x, rules="deep_taylor_bounded", *, input_range=None, target="max",
-            return_prediction=False, batch_size=32, verbose=0):
+            return_prediction=False, name=None, batch_size=32, verbose=0):
     """One call: relevance heatmaps of ``x`` under ``model`` as NumPy arrays.
 
-    Takes the arguments of :func:`relevance_model`; ``target`` may also be an array of class ids
-    (one per sample).
+    Takes the arguments of :func:`relevance_model`; ``target`` may also be an array of class ids,
+    one per sample (instead of ``"input"``).
 
     Example:
         >>> heatmaps = tf_dtd.explain(model, images, input_range=(0.0, 1.0))
     """
+    if isinstance(target, str) and target == "input":
+        raise InvalidArgumentError(
+            "explain takes the class ids directly: pass target=<array of class ids, one per "
+            "sample>. Received: target='input'"
+        )
     class_ids = None
     if not isinstance(target, (str, int, np.integer)):
-        class_ids = np.asarray(target).astype("int32").reshape(-1)
+        class_ids = _check_class_ids(target, len(x), model.output_shape[-1])
         target = "input"
     rel_model = relevance_model(model, rules, input_range=input_range, target=target,
-                                return_prediction=return_prediction)
+                                return_prediction=return_prediction, name=name)
     data = x if class_ids is None else [np.asarray(x), class_ids]
     return rel_model.predict(data, batch_size=batch_size, verbose=verbose)
 
 
-def _reverse(canonical, composite, start, input_range):
-    """Walk the canonical graph backwards from ``start``; return the relevance at its input."""
-    nonnegative, first = _forward_facts(canonical, input_range)
-    namer = _Namer()
-    incoming = {canonical.output_id: [start]}
-    for node in reversed(canonical.nodes):
-        if len(node.outputs) != 1:
-            raise UnsupportedModelError(
-                f"Layer {describe(node.layer)} has {len(node.outputs)} outputs; tf_dtd handles "
-                "layers with one output."
-            )
-        out_relevance = _summed(incoming.pop(node.outputs[0]), namer(f"{node.layer.name}_sum"))
+class _ReverseWalk:
+    """Walks the canonical graph backwards, calling each node's handler."""
+
+    def __init__(self, canonical, composite, namer, original_names, input_range):
+        self.graph = canonical
+        self.composite = composite
+        self.namer = namer
+        self.original_names = original_names
+        self.nonnegative, self.first = _forward_facts(canonical, input_range)
+        self.producers = canonical.producers()
+        self.constants = {}
+        self.first_rule_used = False
+
+    def run(self, start):
+        """Relevance at the graph input, starting from ``start`` at its output."""
+        incoming = {self.graph.output_id: [start]}
+        for node in reversed(self.graph.nodes):
+            if len(node.outputs) != 1:
+                raise UnsupportedModelError(
+                    f"Layer {describe(node.layer)} has {len(node.outputs)} outputs; tf_dtd "
+                    "handles layers with one output."
+                )
+            relevance = _summed(incoming.pop(node.outputs[0]),
+                                self.namer(f"{node.layer.name}_sum"))
+            for tensor_id, tensor in zip(node.inputs, self.node_relevance(node, relevance)):
+                incoming.setdefault(tensor_id, []).append(tensor)
+        self._check_first_rule_used()
+        return _summed(incoming[self.graph.input_id], self.namer("input_sum"))
+
+    def node_relevance(self, node, relevance):
+        is_first = id(node) in self.first
+        rule = self.composite.rule_for(node.layer, is_first=is_first,
+                                       name=self.original_names.get(node.layer.name))
         context = registry.HandlerContext(
-            name=namer(f"{node.layer.name}_relevance"),
-            is_first=id(node) in first,
-            nonnegative_inputs=tuple(nonnegative.get(i, False) for i in node.inputs),
+            name=self.namer(f"{node.layer.name}_relevance"),
+            is_first=is_first,
+            nonnegative_inputs=tuple(self.nonnegative.get(i, False) for i in node.inputs),
+            input_constants=tuple(sorted(rule.input_constants())) if is_first else (),
         )
-        rule = composite.rule_for(node.layer, is_first=context.is_first)
         reverse = registry.find_handler(node.layer)(node.layer, rule, context)
         if reverse is None:
             if len(node.inputs) != 1:
@@ -129,37 +157,69 @@ def _reverse(canonical, composite, start, input_range):
                     f"The handler of layer {describe(node.layer)} returned None (pass-through), "
                     "which only works for layers with one input."
                 )
-            in_relevance = [out_relevance]
-        else:
-            forward_inputs = [canonical.tensors.get(i) for i in node.inputs]
-            in_relevance = keras.tree.flatten(reverse([*forward_inputs, out_relevance]))
-        for tensor_id, tensor in zip(node.inputs, in_relevance):
-            incoming.setdefault(tensor_id, []).append(tensor)
-    return _summed(incoming[canonical.input_id], namer("input_sum"))
+            return [relevance]
+        if is_first and isinstance(reverse, KernelRelevance):
+            self.first_rule_used = True
+        wanted = tuple(getattr(reverse, "constant_inputs", ()))
+        if not set(wanted) <= set(context.input_constants):
+            raise UnsupportedModelError(
+                f"The relevance layer of {describe(node.layer)} asks for input constants "
+                f"{wanted}, but only {context.input_constants} are available there."
+            )
+        constants = [self.constant(node.inputs[0], rule, key) for key in wanted]
+        forward_inputs = [self.graph.tensors[i] for i in node.inputs]
+        return keras.tree.flatten(reverse([*forward_inputs, relevance, *constants]))
+
+    def constant(self, tensor_id, rule, key):
+        """The rule's input constant ``key`` carried from the model input to ``tensor_id``."""
+        memo = (tensor_id, id(rule), key)
+        if memo not in self.constants:
+            if tensor_id == self.graph.input_id:
+                layer = InputConstant.from_value(rule.input_constants()[key],
+                                                 name=self.namer(f"input_{key}"))
+                value = layer(self.graph.tensors[tensor_id])
+            else:  # a value-carrying layer (padding, reshaping, ...): replay it on the constant
+                node = self.producers[tensor_id]
+                carried = [self.constant(i, rule, key) for i in node.inputs]
+                value = keras.tree.flatten(node.call(node.layer, carried))[0]
+            self.constants[memo] = value
+        return self.constants[memo]
+
+    def _check_first_rule_used(self):
+        if self.composite.first is None or self.first_rule_used:
+            return
+        blockers = [describe(node.layer) for node in self.graph.nodes
+                    if id(node) in self.first and not analysis.carries_input_values(node.layer)]
+        raise InvalidArgumentError(
+            f"The first-layer rule {self.composite.first!r} reaches no Dense or convolution "
+            f"layer: the model input first passes through {', '.join(blockers) or 'no layer'}, "
+            "which tf_dtd cannot carry an input box through. Use rules without a first-layer "
+            "rule (e.g. 'deep_taylor' or 'lrp_epsilon'), or give the rule by layer name."
+        )
 
 
 def _forward_facts(canonical, input_range):
-    """Which tensors are ≥ 0, and which nodes read the input through weightless layers."""
-    input_nonnegative = input_range is not None and bool(np.all(np.asarray(input_range[0]) >= 0))
+    """Which tensors are ≥ 0, and which nodes read the pixels (through value-carrying layers)."""
+    input_nonnegative = input_range is not None and bool(np.all(input_range[0] >= 0))
     nonnegative = {canonical.input_id: input_nonnegative}
-    reaches_input = {canonical.input_id}
+    carries_pixels = {canonical.input_id}
     first = set()
     for node in canonical.nodes:
         inputs_nonnegative = [nonnegative.get(i, False) for i in node.inputs]
-        is_nonnegative = canonize.output_nonnegative(node.layer, inputs_nonnegative)
+        is_nonnegative = analysis.output_nonnegative(node.layer, inputs_nonnegative)
         nonnegative.update({i: is_nonnegative for i in node.outputs})
-        if any(i in reaches_input for i in node.inputs):
+        if node.inputs and all(i in carries_pixels for i in node.inputs):
             first.add(id(node))
-            if not node.layer.weights:
-                reaches_input.update(node.outputs)
+            if analysis.carries_input_values(node.layer):
+                carries_pixels.update(node.outputs)
     return nonnegative, first
 
 
 class _Namer:
-    """Unique layer names: ``base``, then ``base_1``, ``base_2``, ..."""
+    """Unique layer names, never one of ``taken``: ``base``, then ``base_1``, ``base_2``, ..."""
 
-    def __init__(self):
-        self.used = set()
+    def __init__(self, taken=()):
+        self.used = {layer.name for layer in taken}
 
     def __call__(self, base):
         name, index = base, 0
@@ -177,21 +237,48 @@ def _summed(tensors, name):
     return keras.layers.Add(name=name)(tensors)
 
 
+def _output_dtype(relevance):
+    """float32, or the relevance's own dtype where that is wider (float64)."""
+    return "float64" if relevance.dtype == "float64" else "float32"
+
+
 def _check_input_range(input_range):
     if input_range is None:
         return None
     try:
         low, high = input_range
+        low, high = np.asarray(low, dtype="float64"), np.asarray(high, dtype="float64")
+        low_b, high_b = np.broadcast_arrays(low, high)
     except (TypeError, ValueError):
         raise InvalidArgumentError(
-            f"input_range must be a pair (low, high). Received: input_range={input_range!r}"
+            "input_range must be a pair (low, high) of numbers or broadcastable arrays. "
+            f"Received: input_range={input_range!r}"
         ) from None
-    low, high = np.asarray(low, dtype="float64"), np.asarray(high, dtype="float64")
-    if np.any(np.broadcast_to(low, np.broadcast_shapes(low.shape, high.shape)) >= high):
+    if np.any(low_b >= high_b):
         raise InvalidArgumentError(
             f"input_range needs low < high everywhere. Received: input_range={input_range!r}"
         )
     return low, high
+
+
+def _check_class_ids(class_ids, num_samples, num_classes):
+    class_ids = np.asarray(class_ids)
+    if class_ids.ndim != 1 or not np.issubdtype(class_ids.dtype, np.integer):
+        raise InvalidArgumentError(
+            "target must be 'max', an int, or a 1-D integer array of class ids. "
+            f"Received: target of dtype {class_ids.dtype} and shape {class_ids.shape}"
+        )
+    if len(class_ids) != num_samples:
+        raise InvalidArgumentError(
+            f"target needs one class id per sample ({num_samples}). "
+            f"Received: {len(class_ids)} class ids"
+        )
+    if class_ids.size and (class_ids.min() < 0 or class_ids.max() >= num_classes):
+        raise InvalidArgumentError(
+            f"class ids must lie in [0, {num_classes}). Received: min {class_ids.min()}, "
+            f"max {class_ids.max()}"
+        )
+    return class_ids.astype("int32")
 
 
 def _check_target(target, num_classes):

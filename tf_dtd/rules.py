@@ -104,6 +104,16 @@ class Rule:
     def check_input_shape(self, sample_shape):
         """Raise if the rule cannot be applied to inputs of one sample's ``sample_shape``."""
 
+    def input_constants(self):
+        """Input variants that are constants of the model input, by name (NumPy arrays).
+
+        For a layer that reads the pixels (possibly through padding, reshaping or pooling), the
+        rewriter broadcasts each constant to the model input, carries it through those layers and
+        passes it to the relevance layer instead of :meth:`input`. Zero padding thus gets the box
+        ``[0, 0]`` under z^B and a zero in w²'s all-ones mask: padding is not an input.
+        """
+        return {}
+
     def get_config(self):
         return dataclasses.asdict(self)
 
@@ -113,12 +123,17 @@ class Rule:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        _RULES[cls.__name__] = cls
+        _RULES[_registered_name(cls)] = cls
+
+
+def _registered_name(cls):
+    """Built-in rules by their name; user rules by module and name, so they cannot shadow them."""
+    return cls.__name__ if cls.__module__ == __name__ else f"{cls.__module__}>{cls.__qualname__}"
 
 
 def serialize(rule):
     """A JSON-friendly dict that :func:`deserialize` turns back into the rule."""
-    return {"class_name": type(rule).__name__, "config": rule.get_config()}
+    return {"class_name": _registered_name(type(rule)), "config": rule.get_config()}
 
 
 def deserialize(config):
@@ -252,19 +267,11 @@ class ZBox(Rule):
         return super().input(name, x)
 
     def check_input_shape(self, sample_shape):
-        sample_shape = tuple(sample_shape)
-        known = tuple(1 if d is None else d for d in sample_shape)  # unknown sizes take a bound of size 1
         for name in ("low", "high"):
-            bound = getattr(self, name)
-            try:
-                shape = np.broadcast_shapes(bound.shape, known)
-            except ValueError:
-                shape = None
-            if shape != known:
-                raise InvalidArgumentError(
-                    f"ZBox.{name} of shape {bound.shape} does not broadcast to one input sample "
-                    f"of shape {tuple(sample_shape)}."
-                )
+            check_broadcastable(getattr(self, name).shape, sample_shape, f"ZBox.{name}")
+
+    def input_constants(self):
+        return {"low": self.low, "high": self.high}
 
     def get_config(self):
         return {"low": self.low.tolist(), "high": self.high.tolist()}
@@ -285,6 +292,26 @@ class WSquare(Rule):
 
     def parts(self, *, nonnegative_input=False):
         return (Part((Term("ones", "w_square"),)),)
+
+    def input_constants(self):
+        return {"ones": np.ones(())}
+
+
+def check_broadcastable(value_shape, sample_shape, what):
+    """Raise unless an array of ``value_shape`` broadcasts to one sample of ``sample_shape``.
+
+    Unknown sizes (``None``) only accept a value of size 1 along that axis.
+    """
+    known = tuple(1 if d is None else d for d in sample_shape)
+    try:
+        shape = np.broadcast_shapes(tuple(value_shape), known)
+    except ValueError:
+        shape = None
+    if shape != known:
+        raise InvalidArgumentError(
+            f"{what} of shape {tuple(value_shape)} does not broadcast to one input sample of "
+            f"shape {tuple(sample_shape)}."
+        )
 
 
 def _short(value):

@@ -1,0 +1,59 @@
+"""Static facts about layers that the rewriter uses to pick cheaper or better-founded paths.
+
+- :func:`output_nonnegative`: the sign analysis that lets z⁺ drop its a⁻ terms after a ReLU.
+- :func:`carries_input_values`: layers that only move, copy or select values (padding, reshaping,
+  concatenation, max-pooling, dropout at inference). Kernel layers behind them still read the
+  *pixels*, so they are "first" layers, and input constants such as the z^B box or the all-ones
+  mask of w² are carried to them through the same layers (zero padding gives a box of [0, 0]).
+"""
+
+import keras
+
+__all__ = ["activation_name", "output_nonnegative", "carries_input_values"]
+
+L = keras.layers
+
+_NONNEGATIVE_ACTIVATIONS = ("relu", "relu6", "sigmoid", "hard_sigmoid", "softmax", "softplus",
+                            "exponential")
+
+_VALUE_CARRYING = (
+    L.InputLayer, L.Flatten, L.Reshape, L.Permute, L.Concatenate,
+    L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D,
+    L.Cropping1D, L.Cropping2D, L.Cropping3D,
+    L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D,
+    L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
+    L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
+    L.GaussianDropout, L.GaussianNoise, L.AlphaDropout,
+)
+
+_SIGN_PRESERVING = _VALUE_CARRYING + (
+    L.Activation, L.Add,
+    L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
+    L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
+)
+
+
+def activation_name(layer):
+    """The name of a layer's (fused) activation, ``None`` where it has none or no name."""
+    if isinstance(layer, L.Softmax):
+        return "softmax"
+    try:
+        activation = layer.get_config().get("activation")
+    except (NotImplementedError, AttributeError, TypeError):
+        return None
+    return activation if isinstance(activation, str) else None
+
+
+def output_nonnegative(layer, inputs_nonnegative):
+    """Whether ``layer``'s output is ≥ 0 for every input, given which inputs are ≥ 0."""
+    if isinstance(layer, L.ReLU):
+        return layer.negative_slope == 0 and layer.threshold >= 0
+    name = activation_name(layer)
+    if name is not None and name != "linear":
+        return name in _NONNEGATIVE_ACTIVATIONS
+    return isinstance(layer, _SIGN_PRESERVING) and all(inputs_nonnegative)
+
+
+def carries_input_values(layer):
+    """Whether every output of ``layer`` is a copy of one input value, or zero padding."""
+    return isinstance(layer, _VALUE_CARRYING) and activation_name(layer) in (None, "linear")
