@@ -79,3 +79,12 @@ def test_resolve_accepts_presets_rules_and_composites():
         tf_dtd.Composite(default="z")
     with pytest.raises(tf_dtd.InvalidArgumentError, match="layer classes"):
         tf_dtd.Composite(by_type={"Dense": rules.Z()})
+
+
+def test_first_rule_overridden_by_name_is_not_an_error():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, L.Dense(2, name="only")(inputs))
+    composite = tf_dtd.Composite(default=rules.ZPlus(), first=rules.WSquare(),
+                                 by_name={"only": rules.Z()})
+    assigned = _rules_by_layer(tf_dtd.relevance_model(model, composite))
+    assert assigned == {"only": rules.Z()}

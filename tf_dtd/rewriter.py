@@ -122,7 +122,7 @@ class _ReverseWalk:
         self.nonnegative, self.first = _forward_facts(canonical, input_range)
         self.producers = canonical.producers()
         self.constants = {}
-        self.first_rule_used = False
+        self.first_kernel_found = False
 
     def run(self, start):
         """Relevance at the graph input, starting from ``start`` at its output."""
@@ -137,7 +137,7 @@ class _ReverseWalk:
                                 self.namer(f"{node.layer.name}_sum"))
             for tensor_id, tensor in zip(node.inputs, self.node_relevance(node, relevance)):
                 incoming.setdefault(tensor_id, []).append(tensor)
-        self._check_first_rule_used()
+        self._check_first_kernel_found()
         return _summed(incoming[self.graph.input_id], self.namer("input_sum"))
 
     def node_relevance(self, node, relevance):
@@ -159,7 +159,7 @@ class _ReverseWalk:
                 )
             return [relevance]
         if is_first and isinstance(reverse, KernelRelevance):
-            self.first_rule_used = True
+            self.first_kernel_found = True
         wanted = tuple(getattr(reverse, "constant_inputs", ()))
         if not set(wanted) <= set(context.input_constants):
             raise UnsupportedModelError(
@@ -185,8 +185,9 @@ class _ReverseWalk:
             self.constants[memo] = value
         return self.constants[memo]
 
-    def _check_first_rule_used(self):
-        if self.composite.first is None or self.first_rule_used:
+    def _check_first_kernel_found(self):
+        """A composite's first-layer rule must reach a kernel layer, not silently vanish."""
+        if self.composite.first is None or self.first_kernel_found:
             return
         blockers = [describe(node.layer) for node in self.graph.nodes
                     if id(node) in self.first and not analysis.carries_input_values(node.layer)]
