@@ -179,3 +179,31 @@ def test_malformed_input_range_is_a_tf_dtd_error(input_range):
     model = keras.Model(inputs, L.Dense(2)(inputs))
     with pytest.raises(tf_dtd.InvalidArgumentError, match="input_range must be a pair"):
         tf_dtd.relevance_model(model, input_range=input_range)
+
+
+def test_explain_class_ids_need_an_array_and_accept_numpy_scalars():
+    import tensorflow as tf
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, L.Dense(3)(inputs))
+    x = np.random.default_rng(0).uniform(0, 1, (4, 4)).astype("float32")
+    dataset = tf.data.Dataset.from_tensor_slices(x).batch(2)
+    with pytest.raises(tf_dtd.InvalidArgumentError, match="need x as an array"):
+        tf_dtd.explain(model, dataset, "lrp_z", target=np.array([0, 1, 2, 0]))
+    np.testing.assert_allclose(tf_dtd.explain(model, x, "lrp_z", target=np.array(2)),
+                               tf_dtd.explain(model, x, "lrp_z", target=2))
+
+
+def test_unknown_by_name_keys_are_an_error():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, L.Dense(3, name="head")(inputs))
+    composite = tf_dtd.Composite(by_name={"haed": tf_dtd.rules.Z()})
+    with pytest.raises(tf_dtd.InvalidArgumentError, match=r"does not have: \['haed'\]"):
+        tf_dtd.relevance_model(model, composite)
+
+
+def test_bounds_of_the_wrong_shape_are_named_after_the_rule():
+    inputs = keras.Input((4, 4, 2))
+    model = keras.Model(inputs, L.Dense(3)(L.Flatten()(L.ZeroPadding2D(1)(inputs))))
+    with pytest.raises(tf_dtd.InvalidArgumentError, match=r"ZBox\.(low|high) of shape \(3,\)"):
+        tf_dtd.relevance_model(model, input_range=(np.zeros(3), np.ones(3)))

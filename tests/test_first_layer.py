@@ -107,3 +107,49 @@ def test_first_rule_is_saved_with_its_carried_box(tmp_path):
     path = str(tmp_path / "padded.keras")
     rel_model.save(path)
     np.testing.assert_array_equal(keras.models.load_model(path).predict(x, verbose=0), expected)
+
+
+@keras.saving.register_keras_serializable(package="tf_dtd_tests")
+class BoxOnly(L.Layer):
+    """A user's relevance layer for a user's linear layer: z^B written by hand."""
+
+    constant_inputs = ("high", "low")
+
+    def __init__(self, kernel, **kwargs):
+        super().__init__(**kwargs)
+        self.kernel = np.asarray(kernel, "float32")
+
+    def call(self, inputs):
+        x, relevance, high, low = inputs
+        w = keras.ops.convert_to_tensor(self.kernel)
+        w_pos, w_neg = keras.ops.maximum(w, 0), keras.ops.minimum(w, 0)
+        z = x @ w - low @ w_pos - high @ w_neg
+        s = keras.ops.divide_no_nan(relevance, z)
+        return x * (s @ keras.ops.transpose(w)) - low * (s @ keras.ops.transpose(w_pos)) - (
+            high * (s @ keras.ops.transpose(w_neg)))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+
+class MyLinear(L.Dense):
+    pass
+
+
+def test_a_users_first_layer_receives_the_carried_box():
+    seen = []
+
+    def handler(layer, rule, context):
+        seen.append((layer.name, context.is_first, context.input_constants))
+        return BoxOnly(keras.ops.convert_to_numpy(layer.kernel), name=context.name)
+
+    tf_dtd.register_layer_rule(MyLinear, handler)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, L.Dense(2, use_bias=False)(
+        MyLinear(3, activation="relu", use_bias=False, name="mine")(inputs)))
+    x = np.random.default_rng(0).uniform(0, 1, (3, 4)).astype("float32")
+    relevance, logits = tf_dtd.relevance_model(
+        model, input_range=(0.0, 1.0), return_prediction=True).predict(x, verbose=0)
+    assert seen == [("mine", True, ("high", "low"))]
+    top = logits.max(-1)
+    np.testing.assert_allclose(relevance.sum(-1)[top > 0], top[top > 0], rtol=1e-5)

@@ -361,3 +361,24 @@ def test_models_in_other_precisions(policy, tmp_path):
         assert np.abs(relevance).sum() > 0
         np.testing.assert_allclose(keras.ops.softmax(logits), model.predict(x, verbose=0),
                                    rtol=1e-2, atol=1e-3)
+
+
+def test_relevance_is_float32_under_a_global_mixed_precision_policy():
+    try:
+        keras.config.set_dtype_policy("mixed_float16")
+        inputs = keras.Input((8, 8, 2))
+        h = L.Conv2D(4, 3, padding="same", activation="relu", use_bias=False)(inputs)
+        h = L.Add()([L.MaxPooling2D(2)(h), L.AveragePooling2D(2)(h)])
+        h = L.Conv2D(4, 3, padding="same", activation="relu", use_bias=False)(h)
+        model = keras.Model(inputs, L.Dense(3, use_bias=False, dtype="float32")(
+            L.GlobalAveragePooling2D()(h)))
+        _randomize(model, seed=4)
+        rel_model = tf_dtd.relevance_model(model, "deep_taylor", return_prediction=True)
+        x = _x((4, 8, 8, 2), low=0.0)
+        relevance, logits = rel_model.predict(x, verbose=0)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    ours = [l for l in rel_model.layers if "Relevance" in type(l).__name__]
+    assert ours and all(l.compute_dtype == "float32" for l in ours)
+    assert relevance.dtype == np.float32 and relevance.min() >= 0
+    np.testing.assert_allclose(relevance.sum(axis=(1, 2, 3)), logits.max(-1), rtol=1e-4)

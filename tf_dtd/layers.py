@@ -226,7 +226,9 @@ class _WrappedLayerRelevance(_RelevanceLayer):
             self._initial_weights = None
         else:
             self._initial_weights = layer.get_weights()
-            layer = keras.layers.deserialize(keras.layers.serialize(layer))
+            config = keras.layers.serialize(layer)
+            config["config"]["dtype"] = self.dtype_policy.name  # relevance never in float16
+            layer = keras.layers.deserialize(config)
         self.forward_layer = layer
 
     def build(self, input_shape):

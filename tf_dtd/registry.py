@@ -35,12 +35,15 @@ class HandlerContext:
             e.g. z^B's ``"low"`` and ``"high"``) that the rewriter can pass to the relevance
             layer, carried from the model input to this layer's input; a relevance layer asks for
             them by listing them in its ``constant_inputs`` attribute.
+        dtype: the dtype relevance layers compute in (float32, or float64 under a float64
+            policy; never float16, even for a mixed-precision model).
     """
 
     name: str
     is_first: bool
     nonnegative_inputs: tuple
     input_constants: tuple = ()
+    dtype: str = "float32"
 
 
 def register_layer_rule(layer_class, handler):
@@ -94,12 +97,13 @@ def pass_through(layer, rule, context):
 
 def route(layer, rule, context):
     """Layers that move or select values: relevance follows the values exactly."""
-    return relevance_layers.RoutingRelevance(layer, name=context.name)
+    return relevance_layers.RoutingRelevance(layer, name=context.name, dtype=context.dtype)
 
 
 def proportional(layer, rule, context):
     """Average pooling, Add, BatchNorm: shares by contribution (LRP-0/ε on the layer)."""
-    return relevance_layers.ProportionalRelevance(layer, name=context.name)
+    return relevance_layers.ProportionalRelevance(layer, name=context.name,
+                                                  dtype=context.dtype)
 
 
 def _kernel_args(layer, rule, context):
@@ -112,6 +116,7 @@ def _kernel_args(layer, rule, context):
         nonnegative_input=context.nonnegative_inputs[0],
         constant_inputs=context.input_constants,
         name=context.name,
+        dtype=context.dtype,
     )
 
 

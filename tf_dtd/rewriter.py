@@ -11,6 +11,7 @@ import keras
 import numpy as np
 
 from tf_dtd import analysis, canonize, composites, graph as graph_lib, registry
+from tf_dtd import rules as rules_lib
 from tf_dtd.errors import InvalidArgumentError, UnsupportedModelError, describe
 from tf_dtd.layers import InputConstant, KernelRelevance, TargetRelevance
 
@@ -56,9 +57,12 @@ def relevance_model(model, rules="deep_taylor_bounded", *, input_range=None, tar
     for node in traced.nodes:
         registry.find_handler(node.layer)
 
+    _check_names(composite, traced)
+
     forward, original_names = canonize.canonical_model(traced, name=f"{model.name}_canonical")
     canonical = graph_lib.trace(forward)
     namer = _Namer(forward.layers)
+    dtype = _relevance_dtype()
     x = forward.inputs[0]
     logits = canonical.tensors[canonical.output_id]
     if len(logits.shape) != 2:
@@ -70,15 +74,15 @@ def relevance_model(model, rules="deep_taylor_bounded", *, input_range=None, tar
     if target == "input":
         class_ids = keras.Input(shape=(), dtype="int32", name=namer("class_ids"))
         inputs.append(class_ids)
-        start = TargetRelevance("input", name=namer("target_relevance"))([logits, class_ids])
+        start = TargetRelevance("input", name=namer("target_relevance"), dtype=dtype)(
+            [logits, class_ids])
     else:
         _check_target(target, logits.shape[-1])
-        start = TargetRelevance(target, name=namer("target_relevance"))(logits)
+        start = TargetRelevance(target, name=namer("target_relevance"), dtype=dtype)(logits)
 
-    walk = _ReverseWalk(canonical, composite, namer, original_names, input_range)
+    walk = _ReverseWalk(canonical, composite, namer, original_names, input_range, dtype)
     relevance = walk.run(start)
-    relevance = keras.layers.Activation("linear", dtype=_output_dtype(relevance),
-                                        name=namer("relevance"))(relevance)
+    relevance = keras.layers.Activation("linear", dtype=dtype, name=namer("relevance"))(relevance)
     outputs = [relevance, logits] if return_prediction else relevance
     result = keras.Model(inputs if len(inputs) > 1 else x, outputs,
                          name=name or f"{model.name}_relevance")
@@ -101,8 +105,16 @@ def explain(model, x, rules="deep_taylor_bounded", *, input_range=None, target="
             "explain takes the class ids directly: pass target=<array of class ids, one per "
             "sample>. Received: target='input'"
         )
+    if np.ndim(target) == 0 and not isinstance(target, str):
+        target = int(target) if np.issubdtype(np.asarray(target).dtype, np.integer) else target
     class_ids = None
-    if not isinstance(target, (str, int, np.integer)):
+    if not isinstance(target, (str, int)):
+        if hasattr(x, "element_spec") or not hasattr(x, "__len__"):
+            raise InvalidArgumentError(
+                "Per-sample class ids need x as an array. For a tf.data dataset use "
+                "relevance_model(..., target='input') and yield ((x, class_ids),) batches. "
+                f"Received: x of type {type(x).__name__}"
+            )
         class_ids = _check_class_ids(target, len(x), model.output_shape[-1])
         target = "input"
     rel_model = relevance_model(model, rules, input_range=input_range, target=target,
@@ -114,8 +126,9 @@ def explain(model, x, rules="deep_taylor_bounded", *, input_range=None, target="
 class _ReverseWalk:
     """Walks the canonical graph backwards, calling each node's handler."""
 
-    def __init__(self, canonical, composite, namer, original_names, input_range):
+    def __init__(self, canonical, composite, namer, original_names, input_range, dtype):
         self.graph = canonical
+        self.dtype = dtype
         self.composite = composite
         self.namer = namer
         self.original_names = original_names
@@ -133,12 +146,17 @@ class _ReverseWalk:
                     f"Layer {describe(node.layer)} has {len(node.outputs)} outputs; tf_dtd "
                     "handles layers with one output."
                 )
-            relevance = _summed(incoming.pop(node.outputs[0]),
-                                self.namer(f"{node.layer.name}_sum"))
+            relevance = self.summed(incoming.pop(node.outputs[0]), f"{node.layer.name}_sum")
             for tensor_id, tensor in zip(node.inputs, self.node_relevance(node, relevance)):
                 incoming.setdefault(tensor_id, []).append(tensor)
         self._check_first_kernel_found()
-        return _summed(incoming[self.graph.input_id], self.namer("input_sum"))
+        return self.summed(incoming[self.graph.input_id], "input_sum")
+
+    def summed(self, tensors, name):
+        """Relevance reaching one tensor from several consumers adds up."""
+        if len(tensors) == 1:
+            return tensors[0]
+        return keras.layers.Add(name=self.namer(name), dtype=self.dtype)(tensors)
 
     def node_relevance(self, node, relevance):
         is_first = id(node) in self.first
@@ -149,6 +167,7 @@ class _ReverseWalk:
             is_first=is_first,
             nonnegative_inputs=tuple(self.nonnegative.get(i, False) for i in node.inputs),
             input_constants=tuple(sorted(rule.input_constants())) if is_first else (),
+            dtype=self.dtype,
         )
         reverse = registry.find_handler(node.layer)(node.layer, rule, context)
         if reverse is None:
@@ -158,9 +177,9 @@ class _ReverseWalk:
                     "which only works for layers with one input."
                 )
             return [relevance]
-        if is_first and isinstance(reverse, KernelRelevance):
-            self.first_kernel_found = True
         wanted = tuple(getattr(reverse, "constant_inputs", ()))
+        if is_first and (wanted or isinstance(reverse, KernelRelevance)):
+            self.first_kernel_found = True
         if not set(wanted) <= set(context.input_constants):
             raise UnsupportedModelError(
                 f"The relevance layer of {describe(node.layer)} asks for input constants "
@@ -175,9 +194,13 @@ class _ReverseWalk:
         memo = (tensor_id, id(rule), key)
         if memo not in self.constants:
             if tensor_id == self.graph.input_id:
-                layer = InputConstant.from_value(rule.input_constants()[key],
-                                                 name=self.namer(f"input_{key}"))
-                value = layer(self.graph.tensors[tensor_id])
+                x = self.graph.tensors[tensor_id]
+                array = np.asarray(rule.input_constants()[key])
+                rules_lib.check_broadcastable(array.shape, x.shape[1:],
+                                              f"{type(rule).__name__}.{key}")
+                layer = InputConstant.from_value(array, name=self.namer(f"input_{key}"),
+                                                 dtype=self.dtype)
+                value = layer(x)
             else:  # a value-carrying layer (padding, reshaping, ...): replay it on the constant
                 node = self.producers[tensor_id]
                 carried = [self.constant(i, rule, key) for i in node.inputs]
@@ -194,8 +217,11 @@ class _ReverseWalk:
         raise InvalidArgumentError(
             f"The first-layer rule {self.composite.first!r} reaches no Dense or convolution "
             f"layer: the model input first passes through {', '.join(blockers) or 'no layer'}, "
-            "which tf_dtd cannot carry an input box through. Use rules without a first-layer "
-            "rule (e.g. 'deep_taylor' or 'lrp_epsilon'), or give the rule by layer name."
+            "and only padding, reshaping, concatenation, max-pooling and dropout layers carry "
+            "the pixels (and the rule's box or mask) to a first layer. Use a preset without a "
+            "first-layer rule ('deep_taylor', 'lrp_epsilon'), or a tf_dtd.Composite without "
+            "`first` that gives the layer behind it its rule by_name, e.g. "
+            "ZBox(low, high) with the bounds of that layer's input."
         )
 
 
@@ -231,16 +257,20 @@ class _Namer:
         return name
 
 
-def _summed(tensors, name):
-    """Relevance reaching one tensor from several consumers adds up."""
-    if len(tensors) == 1:
-        return tensors[0]
-    return keras.layers.Add(name=name)(tensors)
+def _relevance_dtype():
+    """float32, or float64 under a float64 policy: relevance is never computed in float16."""
+    wide = "float64" in (keras.config.floatx(), keras.config.dtype_policy().compute_dtype)
+    return "float64" if wide else "float32"
 
 
-def _output_dtype(relevance):
-    """float32, or the relevance's own dtype where that is wider (float64)."""
-    return "float64" if relevance.dtype == "float64" else "float32"
+def _check_names(composite, traced):
+    """``by_name`` keys must name layers of the model: a typo must not pass silently."""
+    unknown = set(composite.by_name) - {node.layer.name for node in traced.nodes}
+    if unknown:
+        raise InvalidArgumentError(
+            f"Composite.by_name names layers the model does not have: {sorted(unknown)}. "
+            "Layer names of nested models are their own names (model.summary() lists them)."
+        )
 
 
 def _check_input_range(input_range):
