@@ -118,7 +118,7 @@ def test_register_layer_rule_teaches_a_custom_layer(tmp_path):
 
     def handler(layer, rule, context):
         calls.append((layer.name, type(rule).__name__, context.nonnegative_inputs))
-        return relevance_layers.ProportionalRelevance(layer, name=context.name)
+        return relevance_layers.ProportionalRelevance(layer, name=context.name, dtype=context.dtype)
 
     tf_dtd.register_layer_rule(ChannelScale, handler)
     x = np.random.default_rng(0).uniform(0, 1, (4, 6)).astype("float32")
