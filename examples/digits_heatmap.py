@@ -70,7 +70,8 @@ def grid(images, heatmaps, zoom=8):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="out", help="output folder (default: out)")
-    parser.add_argument("--picture", help="where to write the PNG (default: OUT/digits_heatmaps.png)")
+    parser.add_argument("--picture",
+                        help="where to write the PNG (default: OUT/digits_heatmaps.png)")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     model_path = os.path.join(args.out, "digits_cnn.keras")

@@ -20,7 +20,8 @@ def _same_and_padded(seed=0):
     padded_in = keras.Input((6, 6, 2))
     conv_valid = L.Conv2D(4, 3, padding="valid", activation="relu")
     head_copy = L.Dense(3)
-    padded = keras.Model(padded_in, head_copy(L.Flatten()(conv_valid(L.ZeroPadding2D(1)(padded_in)))))
+    h = conv_valid(L.ZeroPadding2D(1)(padded_in))
+    padded = keras.Model(padded_in, head_copy(L.Flatten()(h)))
     rng = np.random.default_rng(seed)
     for source, copy in ((conv, conv_valid), (head, head_copy)):
         weights = [rng.normal(0, 0.5, w.shape).astype("float32") for w in source.get_weights()]
@@ -81,8 +82,8 @@ def test_hidden_features_concatenated_with_the_input_do_not_get_the_box():
     hidden.set_weights([np.array([[0.0], [5.0]], "float32")])
     mix.set_weights([np.array([[1.0], [0.0], [-0.05]], "float32")])
     rel_model = tf_dtd.relevance_model(model, input_range=(0.0, 1.0))
-    assigned = {l.name: type(l.rule).__name__ for l in rel_model.layers
-                if isinstance(l, tf_dtd.layers.KernelRelevance)}
+    assigned = {lay.name: type(lay.rule).__name__ for lay in rel_model.layers
+                if isinstance(lay, tf_dtd.layers.KernelRelevance)}
     assert assigned["mix_relevance"] == "ZPlus" and assigned["hidden_relevance"] == "ZBox"
     relevance = rel_model.predict(np.array([[0.5, 0.5]], "float32"), verbose=0)
     assert relevance.min() >= 0
@@ -93,7 +94,7 @@ def test_a_first_rule_that_reaches_no_kernel_layer_is_an_error():
     h = L.Conv2D(3, 3, activation="relu")(L.BatchNormalization(name="input_norm")(inputs))
     model = keras.Model(inputs, L.Dense(2)(L.Flatten()(h)))
     with pytest.raises(tf_dtd.InvalidArgumentError,
-                       match=r"reaches no Dense or convolution.*'input_norm' \(BatchNormalization\)"):
+                       match=r"reaches no Dense or conv.*'input_norm' \(BatchNormalization\)"):
         tf_dtd.relevance_model(model, input_range=(0.0, 1.0))
     # without a first-layer rule the same model is fine
     assert np.isfinite(tf_dtd.explain(model, np.ones((1, 6, 6, 2), "float32"), "deep_taylor")).all()

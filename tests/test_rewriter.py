@@ -96,7 +96,7 @@ def test_batchnorm_is_folded_and_logits_unchanged():
     np.testing.assert_allclose(logits, _logits(model, x), rtol=1e-5, atol=1e-5)
     kinds = {type(layer).__name__ for layer in rel_model.layers}
     assert "BatchNormalization" in kinds  # the one after the ReLU stays
-    batch_norms = [l for l in rel_model.layers if isinstance(l, L.BatchNormalization)]
+    batch_norms = [lay for lay in rel_model.layers if isinstance(lay, L.BatchNormalization)]
     assert len(batch_norms) == 1, "the two foldable BatchNorms must be folded away"
     assert np.all(np.isfinite(relevance))
 
@@ -166,22 +166,23 @@ def test_batch_invariance_and_numpy_and_dataset_inputs():
 
 def test_users_model_is_untouched():
     model = _dag(use_bias=True)
-    inner = keras.Sequential([L.Input((10,)), L.Dense(5, activation="relu"), L.BatchNormalization()])
+    inner = keras.Sequential(
+        [L.Input((10,)), L.Dense(5, activation="relu"), L.BatchNormalization()])
     outer_in = keras.Input((10,))
     outer = keras.Model(outer_in, L.Dense(3, activation="softmax")(inner(outer_in)))
     for m in (model, outer):
         before = [w.tobytes() for w in m.get_weights()]
         config = m.get_config()
-        nodes = {id(l): len(l._inbound_nodes) for l in m._flatten_layers()}
-        attrs = {id(l): (l.trainable, l.name, getattr(l, "activation", None))
-                 for l in m._flatten_layers()}
+        nodes = {id(lay): len(lay._inbound_nodes) for lay in m._flatten_layers()}
+        attrs = {id(lay): (lay.trainable, lay.name, getattr(lay, "activation", None))
+                 for lay in m._flatten_layers()}
         tf_dtd.relevance_model(m, "deep_taylor_bounded", input_range=(0.0, 1.0))
         tf_dtd.relevance_model(m, "lrp_z", target=1)
         assert [w.tobytes() for w in m.get_weights()] == before
         assert m.get_config() == config
-        assert {id(l): len(l._inbound_nodes) for l in m._flatten_layers()} == nodes
-        assert {id(l): (l.trainable, l.name, getattr(l, "activation", None))
-                for l in m._flatten_layers()} == attrs
+        assert {id(lay): len(lay._inbound_nodes) for lay in m._flatten_layers()} == nodes
+        assert {id(lay): (lay.trainable, lay.name, getattr(lay, "activation", None))
+                for lay in m._flatten_layers()} == attrs
 
 
 @pytest.mark.parametrize("head", ["fused", "activation", "softmax_layer"])
@@ -302,7 +303,7 @@ def test_channels_first_convolution_folds_and_matches_gradient_times_input():
     model = _randomize(keras.Model(inputs, L.Dense(10)(L.Flatten()(h))))
     x = _x((3, 3, 6, 6, 6))
     rel_model = tf_dtd.relevance_model(model, "lrp_z", return_prediction=True)
-    assert not any(isinstance(l, L.BatchNormalization) for l in rel_model.layers)
+    assert not any(isinstance(lay, L.BatchNormalization) for lay in rel_model.layers)
     relevance, logits = rel_model.predict(x, verbose=0)
     np.testing.assert_allclose(logits, model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
     expected = _grad_times_input(model, x, logits.argmax(-1))
@@ -330,12 +331,12 @@ def test_by_name_rules_use_the_users_layer_names_in_nested_models():
     composite = tf_dtd.Composite(default=tf_dtd.rules.ZPlus(),
                                  by_name={"fc_1": tf_dtd.rules.Epsilon(0.5)})
     rel_model = tf_dtd.relevance_model(model, composite)
-    by_layer = {l.name: l.rule for l in rel_model.layers
-                if isinstance(l, tf_dtd.layers.KernelRelevance)}
+    by_layer = {lay.name: lay.rule for lay in rel_model.layers
+                if isinstance(lay, tf_dtd.layers.KernelRelevance)}
     epsilon_layers = [name for name, rule in by_layer.items() if rule == tf_dtd.rules.Epsilon(0.5)]
     assert len(by_layer) == 3 and len(epsilon_layers) == 1
     # the user's fc_1 is the output layer, the one the target relevance enters first
-    head = [l for l in rel_model.layers if l.name in epsilon_layers][0]
+    head = [lay for lay in rel_model.layers if lay.name in epsilon_layers][0]
     assert head.param_shapes["w"] == (4, 2)
 
 
@@ -378,7 +379,7 @@ def test_relevance_is_float32_under_a_global_mixed_precision_policy():
         relevance, logits = rel_model.predict(x, verbose=0)
     finally:
         keras.config.set_dtype_policy("float32")
-    ours = [l for l in rel_model.layers if "Relevance" in type(l).__name__]
-    assert ours and all(l.compute_dtype == "float32" for l in ours)
+    ours = [lay for lay in rel_model.layers if "Relevance" in type(lay).__name__]
+    assert ours and all(lay.compute_dtype == "float32" for lay in ours)
     assert relevance.dtype == np.float32 and relevance.min() >= 0
     np.testing.assert_allclose(relevance.sum(axis=(1, 2, 3)), logits.max(-1), rtol=1e-4)

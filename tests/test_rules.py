@@ -104,7 +104,8 @@ def reference(rule, x, m, b, r, low=None, high=None, eps=0.0, return_denominator
     elif rule == "zplus":
         z_ij = np.maximum(a * w, 0.0)
     elif rule == "zbox":
-        z_ij = a * w - low[None, :, None] * np.maximum(w, 0) - high[None, :, None] * np.minimum(w, 0)
+        z_ij = (a * w - low[None, :, None] * np.maximum(w, 0)
+                - high[None, :, None] * np.minimum(w, 0))
     elif rule == "wsquare":
         z_ij = np.broadcast_to(w**2, (len(x),) + m.shape)
     z_j = z_ij.sum(axis=1)
@@ -258,8 +259,9 @@ def test_zplus_nonnegative_input_equals_signed_form(name, use_bias):
 
 @pytest.mark.parametrize("rule_case", ["z", "epsilon0", "zplus", "zbox_channel", "zbox_pixel",
                                        "wsquare"])
-@pytest.mark.parametrize("name", ["dense_2d", "dense_3d", "conv1d_causal_dilated", "conv2d_valid_strided",
-                                  "conv2d_same_dilated", "conv2d_groups2", "conv3d_same_strided"])
+@pytest.mark.parametrize("name", ["dense_2d", "dense_3d", "conv1d_causal_dilated",
+                                  "conv2d_valid_strided", "conv2d_same_dilated", "conv2d_groups2",
+                                  "conv3d_same_strided"])
 def test_conservation_without_bias(name, rule_case):
     """Σ R_in = Σ R_out over the outputs with z_j != 0 (z⁺ can have z_j = 0 at a causal edge)."""
     actual, _, _, r, z_j = run_case(name, False, rule_case, seed=5)

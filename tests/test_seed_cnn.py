@@ -1,4 +1,5 @@
-"""The seed's own MNIST CNN, explained by tf_dtd and by a float64 NumPy reference of the seed's formulas.
+"""The seed's own MNIST CNN, explained by tf_dtd and by a float64 NumPy reference of the
+seed's formulas.
 
 The original TF1 implementation explained this network (28×28×1 → conv 5×5×10 → pool → conv 5×5×25
 → pool → conv 4×4×100 → pool → dense 10) with Deep Taylor, bounded input (z^B first, z⁺ after,

@@ -10,7 +10,8 @@ No layer class is special-cased here.
 import keras
 import numpy as np
 
-from tf_dtd import analysis, canonize, composites, graph as graph_lib, registry
+from tf_dtd import analysis, canonize, composites, registry
+from tf_dtd import graph as graph_lib
 from tf_dtd import rules as rules_lib
 from tf_dtd.errors import InvalidArgumentError, UnsupportedModelError, describe
 from tf_dtd.layers import InputConstant, KernelRelevance, TargetRelevance
@@ -187,7 +188,13 @@ class _ReverseWalk:
             )
         constants = [self.constant(node.inputs[0], rule, key) for key in wanted]
         forward_inputs = [self.graph.tensors[i] for i in node.inputs]
-        return keras.tree.flatten(reverse([*forward_inputs, relevance, *constants]))
+        result = keras.tree.flatten(reverse([*forward_inputs, relevance, *constants]))
+        if len(result) != len(node.inputs):
+            raise UnsupportedModelError(
+                f"The relevance layer of {describe(node.layer)} returned {len(result)} tensors "
+                f"for {len(node.inputs)} forward inputs; it must return one per input."
+            )
+        return result
 
     def constant(self, tensor_id, rule, key):
         """The rule's input constant ``key`` carried from the model input to ``tensor_id``."""
