@@ -11,12 +11,15 @@ import numpy as np
 
 from tf_dtd.analysis import activation_name
 from tf_dtd.errors import TfDtdError, describe
+from tf_dtd.graph import UniqueNames
 
 __all__ = ["canonical_model"]
 
 _LINEAR_FOLDABLE = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D,
                     keras.layers.Conv3D)
 _OUTPUT_SQUASHERS = ("softmax", "sigmoid")
+
+
 def canonical_model(graph, *, name):
     """A new flat model computing the logits of ``graph``, with BatchNorm folded.
 
@@ -51,7 +54,8 @@ def canonical_model(graph, *, name):
     inputs = keras.Input(shape=tuple(source.shape[1:]), dtype=source.dtype,
                          name=graph.input_name)
     values = {graph.input_id: inputs}
-    clones, names, weights_set, original_names = {}, {graph.input_name}, set(), {}
+    clones, weights_set, original_names = {}, set(), {}
+    names = UniqueNames({graph.input_name})
     for node in graph.nodes:
         if id(node) in skipped:
             values[node.outputs[0]] = values[skipped[id(node)]]
@@ -87,8 +91,7 @@ def _clone(layer, overrides, names):
         # The copy's weights are set right after it is built: skip random initialisation.
         config.update({k: "zeros" for k in config if k.endswith("_initializer")})
         config.update(overrides)
-        base = config.get("name", layer.name)
-        config["name"] = _unique(base, names)
+        config["name"] = names(config.get("name", layer.name))
         return type(layer).from_config(config)
     except TfDtdError:
         raise
@@ -97,14 +100,6 @@ def _clone(layer, overrides, names):
             f"Could not copy layer {describe(layer)} from its config ({error}). tf_dtd never "
             "edits your model, so every layer must round-trip through get_config / from_config."
         ) from error
-
-
-def _unique(base, names):
-    candidate, index = base, 1
-    while candidate in names:
-        candidate, index = f"{base}_{index}", index + 1
-    names.add(candidate)
-    return candidate
 
 
 def _foldable(linear, norm, consumers, uses, graph):

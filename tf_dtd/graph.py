@@ -12,7 +12,7 @@ import keras
 
 from tf_dtd.errors import UnsupportedModelError, describe
 
-__all__ = ["Graph", "Node", "trace"]
+__all__ = ["Graph", "Node", "UniqueNames", "trace"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +57,21 @@ class Graph:
     def producers(self):
         """Tensor id -> the node that wrote it."""
         return {tensor_id: node for node in self.nodes for tensor_id in node.outputs}
+
+
+class UniqueNames:
+    """Hands out layer names never handed out or ``taken`` before: ``base``, ``base_1``, ..."""
+
+    def __init__(self, taken=()):
+        self.used = set(taken)
+
+    def __call__(self, base):
+        name, index = base, 0
+        while name in self.used:
+            index += 1
+            name = f"{base}_{index}"
+        self.used.add(name)
+        return name
 
 
 def is_graph_model(layer):

@@ -62,7 +62,7 @@ def relevance_model(model, rules="deep_taylor_bounded", *, input_range=None, tar
 
     forward, original_names = canonize.canonical_model(traced, name=f"{model.name}_canonical")
     canonical = graph_lib.trace(forward)
-    namer = _Namer(forward.layers)
+    namer = graph_lib.UniqueNames(layer.name for layer in forward.layers)
     dtype = _relevance_dtype()
     x = forward.inputs[0]
     logits = canonical.tensors[canonical.output_id]
@@ -247,21 +247,6 @@ def _forward_facts(canonical, input_range):
             if analysis.carries_input_values(node.layer):
                 carries_pixels.update(node.outputs)
     return nonnegative, first
-
-
-class _Namer:
-    """Unique layer names, never one of ``taken``: ``base``, then ``base_1``, ``base_2``, ..."""
-
-    def __init__(self, taken=()):
-        self.used = {layer.name for layer in taken}
-
-    def __call__(self, base):
-        name, index = base, 0
-        while name in self.used:
-            index += 1
-            name = f"{base}_{index}"
-        self.used.add(name)
-        return name
 
 
 def _relevance_dtype():
