@@ -1,22 +1,23 @@
 """Static facts about layers that the rewriter uses to pick cheaper or better-founded paths.
 
 - :func:`output_nonnegative`: the sign analysis that lets z⁺ drop its a⁻ terms after a ReLU.
-- :func:`carries_input_values`: layers that only move, copy or select values (padding, reshaping,
-  concatenation, max-pooling, dropout at inference). Kernel layers behind them still read the
-  *pixels*, so they are "first" layers, and input constants such as the z^B box or the all-ones
-  mask of w² are carried to them through the same layers (zero padding gives a box of [0, 0]).
+- :func:`carries_input_box`: layers whose every output is a copy, a selection or an average of
+  input values, or zero padding (padding, reshaping, concatenation, max- and average pooling,
+  dropout at inference). Kernel layers behind them still read the *pixels*, so they are "first"
+  layers, and input constants such as the z^B box or the all-ones mask of w² are carried to them
+  through the same layers: the carried box still bounds the values (zero padding gives [0, 0]).
 """
 
 import keras
 
-__all__ = ["activation_name", "output_nonnegative", "carries_input_values"]
+__all__ = ["activation_name", "output_nonnegative", "carries_input_box"]
 
 L = keras.layers
 
 _NONNEGATIVE_ACTIVATIONS = ("relu", "relu6", "sigmoid", "hard_sigmoid", "softmax", "softplus",
                             "exponential")
 
-_VALUE_CARRYING = (
+_BOX_CARRYING = (
     L.InputLayer, L.Flatten, L.Reshape, L.Permute, L.Concatenate,
     L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D,
     L.Cropping1D, L.Cropping2D, L.Cropping3D,
@@ -24,13 +25,11 @@ _VALUE_CARRYING = (
     L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
     L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
     L.GaussianDropout, L.GaussianNoise, L.AlphaDropout,
-)
-
-_SIGN_PRESERVING = _VALUE_CARRYING + (
-    L.Activation, L.Add,
     L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
     L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
 )
+
+_SIGN_PRESERVING = _BOX_CARRYING + (L.Activation, L.Add)
 
 
 def activation_name(layer):
@@ -54,6 +53,7 @@ def output_nonnegative(layer, inputs_nonnegative):
     return isinstance(layer, _SIGN_PRESERVING) and all(inputs_nonnegative)
 
 
-def carries_input_values(layer):
-    """Whether every output of ``layer`` is a copy of one input value, or zero padding."""
-    return isinstance(layer, _VALUE_CARRYING) and activation_name(layer) in (None, "linear")
+def carries_input_box(layer):
+    """Whether every output of ``layer`` copies, selects or averages input values, or is zero
+    padding: then a box that holds the inputs, carried through the layer, holds the outputs."""
+    return isinstance(layer, _BOX_CARRYING) and activation_name(layer) in (None, "linear")

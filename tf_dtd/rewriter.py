@@ -208,7 +208,7 @@ class _ReverseWalk:
                 layer = InputConstant.from_value(array, name=self.namer(f"input_{key}"),
                                                  dtype=self.dtype)
                 value = layer(x)
-            else:  # a value-carrying layer (padding, reshaping, ...): replay it on the constant
+            else:  # a box-carrying layer (padding, reshaping, ...): replay it on the constant
                 node = self.producers[tensor_id]
                 carried = [self.constant(i, rule, key) for i in node.inputs]
                 value = keras.tree.flatten(node.call(node.layer, carried))[0]
@@ -220,11 +220,11 @@ class _ReverseWalk:
         if self.composite.first is None or self.first_kernel_found:
             return
         blockers = [describe(node.layer) for node in self.graph.nodes
-                    if id(node) in self.first and not analysis.carries_input_values(node.layer)]
+                    if id(node) in self.first and not analysis.carries_input_box(node.layer)]
         raise InvalidArgumentError(
             f"The first-layer rule {self.composite.first!r} reaches no Dense or convolution "
             f"layer: the model input first passes through {', '.join(blockers) or 'no layer'}, "
-            "and only padding, reshaping, concatenation, max-pooling and dropout layers carry "
+            "and only padding, reshaping, concatenation, pooling and dropout layers carry "
             "the pixels (and the rule's box or mask) to a first layer. Use a preset without a "
             "first-layer rule ('deep_taylor', 'lrp_epsilon'), or a tf_dtd.Composite without "
             "`first` that gives the layer behind it its rule by_name, e.g. "
@@ -233,7 +233,7 @@ class _ReverseWalk:
 
 
 def _forward_facts(canonical, input_range):
-    """Which tensors are ≥ 0, and which nodes read the pixels (through value-carrying layers)."""
+    """Which tensors are ≥ 0, and which nodes read the pixels (through box-carrying layers)."""
     input_nonnegative = input_range is not None and bool(np.all(input_range[0] >= 0))
     nonnegative = {canonical.input_id: input_nonnegative}
     carries_pixels = {canonical.input_id}
@@ -244,7 +244,7 @@ def _forward_facts(canonical, input_range):
         nonnegative.update({i: is_nonnegative for i in node.outputs})
         if node.inputs and all(i in carries_pixels for i in node.inputs):
             first.add(id(node))
-            if analysis.carries_input_values(node.layer):
+            if analysis.carries_input_box(node.layer):
                 carries_pixels.update(node.outputs)
     return nonnegative, first
 
