@@ -1,6 +1,7 @@
 """Composite precedence, first-layer detection through the graph, and preset resolution."""
 
 import keras
+import numpy as np
 import pytest
 
 import tf_dtd
@@ -88,3 +89,22 @@ def test_first_rule_overridden_by_name_is_not_an_error():
                                  by_name={"only": rules.Z()})
     assigned = _rules_by_layer(tf_dtd.relevance_model(model, composite))
     assert assigned == {"only": rules.Z()}
+
+
+@pytest.mark.parametrize("preset", sorted(tf_dtd.PRESETS))
+def test_every_preset_explains_a_small_conv_net(preset):
+    model = _model()
+    x = np.random.default_rng(0).uniform(0, 1, (3, 8, 8, 3)).astype("float32")
+    relevance, logits = tf_dtd.relevance_model(
+        model, preset, input_range=(0.0, 1.0), return_prediction=True).predict(x, verbose=0)
+    assert np.all(np.isfinite(relevance))
+    assert np.all(np.abs(relevance).reshape(3, -1).sum(-1) > 0)
+
+
+def test_epsilon_plus_presets_assign_their_rules():
+    plus = _rules_by_layer(tf_dtd.relevance_model(_model(), "lrp_epsilon_plus"))
+    assert plus["head"] == rules.Epsilon() and isinstance(plus["conv_second"], rules.ZPlus)
+    flat = _rules_by_layer(tf_dtd.relevance_model(_model(), "lrp_epsilon_plus_flat"))
+    assert isinstance(flat["conv_after_padding"], rules.Flat)
+    assert isinstance(flat["conv_in_nested"], rules.Flat)
+    assert flat["head"] == rules.Epsilon()

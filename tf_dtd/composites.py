@@ -8,6 +8,8 @@ class's MRO, so subclasses inherit), then ``default``.
 import dataclasses
 import types
 
+import keras
+
 from tf_dtd import rules
 from tf_dtd.errors import InvalidArgumentError
 
@@ -87,6 +89,12 @@ PRESETS = {
         default=rules.ZPlus(), first=rules.WSquare()),
     "lrp_z": lambda input_range: Composite(default=rules.Z()),
     "lrp_epsilon": lambda input_range: Composite(default=rules.Epsilon()),
+    "lrp_alpha_1_beta_0": lambda input_range: Composite(default=rules.AlphaBeta(1.0, 0.0)),
+    "lrp_alpha_2_beta_1": lambda input_range: Composite(default=rules.AlphaBeta(2.0, 1.0)),
+    "lrp_epsilon_plus": lambda input_range: Composite(
+        default=rules.ZPlus(), by_type={keras.layers.Dense: rules.Epsilon()}),
+    "lrp_epsilon_plus_flat": lambda input_range: Composite(
+        default=rules.ZPlus(), first=rules.Flat(), by_type={keras.layers.Dense: rules.Epsilon()}),
 }
 
 

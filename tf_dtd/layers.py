@@ -27,7 +27,7 @@ __all__ = [
 _register = keras.saving.register_keras_serializable(package="tf_dtd")
 
 
-def _vjp(forward, inputs, relevance, epsilon=None):
+def _vjp(forward, inputs, relevance, epsilon=None, relative=False):
     """Run ``forward(*inputs)`` under a tape and return ``(inputs, Jᵀ s)``.
 
     ``s`` is ``relevance`` itself when ``epsilon`` is None (exact routing), else
@@ -42,7 +42,8 @@ def _vjp(forward, inputs, relevance, epsilon=None):
     if epsilon is None:
         cotangent = relevance
     else:
-        denominator = rules_lib.stabilize(ops.cast(z, relevance.dtype), epsilon)
+        denominator = rules_lib.stabilize(ops.cast(z, relevance.dtype), epsilon,
+                                          relative=relative)
         cotangent = ops.divide_no_nan(relevance, denominator)
     # A wrapped layer may compute in another dtype (mixed precision) than the relevance.
     grads = tape.gradient(
@@ -142,7 +143,8 @@ class KernelRelevance(_RelevanceLayer):
                     z = self.add_bias(z, params[part.bias])
                 return z
 
-            variants, grads = _vjp(forward, variants, relevance, epsilon=part.epsilon)
+            variants, grads = _vjp(forward, variants, relevance, epsilon=part.epsilon,
+                                   relative=part.relative_epsilon)
             part_relevance = sum(v * g for v, g in zip(variants, grads))
             if part.coefficient != 1.0:
                 part_relevance = part.coefficient * part_relevance

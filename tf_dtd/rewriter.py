@@ -163,6 +163,8 @@ class _ReverseWalk:
         is_first = id(node) in self.first
         rule = self.composite.rule_for(node.layer, is_first=is_first,
                                        name=self.original_names.get(node.layer.name))
+        if isinstance(rule, rules_lib.Pass):
+            return [self.passed(node, relevance)]
         context = registry.HandlerContext(
             name=self.namer(f"{node.layer.name}_relevance"),
             is_first=is_first,
@@ -195,6 +197,18 @@ class _ReverseWalk:
                 f"for {len(node.inputs)} forward inputs; it must return one per input."
             )
         return result
+
+    def passed(self, node, relevance):
+        """The Pass rule: relevance goes through unchanged, so the shape must not change."""
+        (output_id,) = node.outputs
+        shapes = [tuple(self.graph.tensors[i].shape) for i in (*node.inputs, output_id)]
+        if len(node.inputs) != 1 or shapes[0] != shapes[1]:
+            raise InvalidArgumentError(
+                f"Pass() keeps relevance unchanged and needs a layer with one input of its "
+                f"output's shape. Received: layer {describe(node.layer)} with input shapes "
+                f"{shapes[:-1]} and output shape {shapes[-1]}"
+            )
+        return relevance
 
     def constant(self, tensor_id, rule, key):
         """The rule's input constant ``key`` carried from the model input to ``tensor_id``."""

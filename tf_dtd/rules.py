@@ -28,19 +28,27 @@ from keras import ops
 
 from tf_dtd.errors import InvalidArgumentError
 
-__all__ = ["Rule", "Part", "Term", "Z", "Epsilon", "ZPlus", "ZBox", "WSquare", "stabilize"]
+__all__ = [
+    "Rule", "Part", "Term", "Z", "Epsilon", "Gamma", "AlphaBeta", "ZPlus", "ZBox", "WSquare",
+    "Flat", "Pass", "stabilize",
+]
 
 _RULES = {}
 
 
-def stabilize(z, epsilon):
+def stabilize(z, epsilon, *, relative=False):
     """Push ``z`` away from zero by ``epsilon`` keeping its sign; zero counts as positive.
 
+    With ``relative=True`` the push is ``epsilon`` times each sample's root mean square of ``z``
+    (the LRP tutorial's "0.25·std" stabiliser), so it scales with the layer's activations.
     With ``epsilon=0`` this is the identity. Divisions by a stabilised denominator use
     ``divide_no_nan``, so a denominator that is still exactly zero contributes zero relevance.
     """
     if epsilon == 0:
         return z
+    if relative:
+        axes = tuple(range(1, len(z.shape)))
+        epsilon = epsilon * ops.sqrt(ops.mean(ops.square(z), axis=axes, keepdims=True))
     return z + epsilon * (ops.cast(z >= 0, z.dtype) * 2 - 1)
 
 
@@ -62,13 +70,14 @@ class Part:
     """A sum of terms with its own denominator: ``R_in += coefficient · Σ_t input_t · Jᵀ s``.
 
     ``bias`` is a key of :meth:`Rule.params` added to the denominator, or ``None``.
-    ``epsilon`` is the stabiliser of the denominator (see :func:`stabilize`).
+    ``epsilon`` and ``relative_epsilon`` stabilise the denominator (see :func:`stabilize`).
     """
 
     terms: tuple
     bias: str = None
     coefficient: float = 1.0
     epsilon: float = 0.0
+    relative_epsilon: bool = False
 
 
 class Rule:
@@ -164,12 +173,18 @@ def _positive_terms(nonnegative_input):
 class Epsilon(Rule):
     """LRP-ε: ``z_ij = a_i w_ij``, ``z_j = Σ_i z_ij + b_j + ε·sign(z_j)`` (Bach et al., 2015).
 
+    Args:
+        epsilon: the stabiliser ε ≥ 0.
+        relative: ε is relative to each sample's root mean square of ``z_j`` in the layer
+            (``epsilon=0.25, relative=True`` is the LRP tutorial's "0.25·std").
+
     Example:
         >>> tf_dtd.rules.Epsilon(1e-3)
-        Epsilon(epsilon=0.001)
+        Epsilon(epsilon=0.001, relative=False)
     """
 
     epsilon: float = 1e-6
+    relative: bool = False
 
     def __post_init__(self):
         if not self.epsilon >= 0:
@@ -181,7 +196,8 @@ class Epsilon(Rule):
         return _with_bias(bias, w=kernel)
 
     def parts(self, *, nonnegative_input=False):
-        return (Part((Term("x", "w"),), bias="b", epsilon=self.epsilon),)
+        return (Part((Term("x", "w"),), bias="b", epsilon=self.epsilon,
+                     relative_epsilon=self.relative),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,9 +205,79 @@ class Z(Epsilon):
     """LRP-0: ``z_ij = a_i w_ij``, ``z_j = Σ_i z_ij + b_j``. Equals gradient×input on ReLU nets."""
 
     epsilon: float = dataclasses.field(default=0.0, init=False, repr=False)
+    relative: bool = dataclasses.field(default=False, init=False, repr=False)
 
     def get_config(self):
         return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Gamma(Rule):
+    """LRP-γ: ``z_ij = a_i (w_ij + γ w⁺_ij)``, ``z_j = Σ_i z_ij + b_j + γ b⁺_j``.
+
+    Favours positive contributions, for lower convolutions (Montavon et al., 2019); γ = 0 is
+    LRP-0. The modification is on the weights only: for a negative input ``a_i < 0`` the
+    boosted ``w⁺`` makes its (negative) contribution larger too, so on signed inputs γ boosts
+    the positive *weights*, not the positive *contributions*.
+
+    Args:
+        gamma: γ ≥ 0.
+    """
+
+    gamma: float = 0.25
+
+    def __post_init__(self):
+        if not self.gamma >= 0:
+            raise InvalidArgumentError(f"Gamma needs gamma >= 0. Received: gamma={self.gamma}")
+
+    def params(self, kernel, bias):
+        params = {"w_gamma": kernel + self.gamma * np.maximum(kernel, 0)}
+        if bias is not None:
+            params["b_gamma"] = bias + self.gamma * np.maximum(bias, 0)
+        return params
+
+    def parts(self, *, nonnegative_input=False):
+        return (Part((Term("x", "w_gamma"),), bias="b_gamma"),)
+
+
+@dataclasses.dataclass(frozen=True)
+class AlphaBeta(Rule):
+    """LRP-αβ: positive and negative contributions, each with its own denominator.
+
+    ``R_i = Σ_j (α (a_i w_ij)⁺ / z⁺_j − β (a_i w_ij)⁻ / z⁻_j) R_j`` with
+    ``z⁺_j = Σ_i (a_i w_ij)⁺ + b⁺_j``, ``z⁻_j = Σ_i (a_i w_ij)⁻ + b⁻_j``; for signed inputs
+    ``(a w)⁺ = a⁺w⁺ + a⁻w⁻`` and ``(a w)⁻ = a⁺w⁻ + a⁻w⁺``. ``b⁺`` goes only into the positive
+    and ``b⁻`` only into the negative denominator. A part without contributions gives no
+    relevance (never NaN). Needs ``α − β = 1`` (Bach et al., 2015).
+
+    Args:
+        alpha: weight of the positive part, ≥ 1.
+        beta: weight of the negative part, ≥ 0, ``alpha - beta == 1``.
+    """
+
+    alpha: float = 1.0
+    beta: float = 0.0
+
+    def __post_init__(self):
+        if not (self.beta >= 0 and abs(self.alpha - self.beta - 1) <= 1e-9):
+            raise InvalidArgumentError(
+                "AlphaBeta needs alpha - beta == 1 and beta >= 0. "
+                f"Received: alpha={self.alpha}, beta={self.beta}"
+            )
+
+    def params(self, kernel, bias):
+        params = {"w_pos": np.maximum(kernel, 0), "w_neg": np.minimum(kernel, 0)}
+        if bias is not None:
+            params.update(b_pos=np.maximum(bias, 0), b_neg=np.minimum(bias, 0))
+        return params
+
+    def parts(self, *, nonnegative_input=False):
+        positive = Part(_positive_terms(nonnegative_input), bias="b_pos", coefficient=self.alpha)
+        if self.beta == 0:
+            return (positive,)
+        negative_terms = (Term("x", "w_neg"),) if nonnegative_input else (
+            Term("x_pos", "w_neg"), Term("x_neg", "w_pos"))
+        return (positive, Part(negative_terms, bias="b_neg", coefficient=-self.beta))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,6 +381,34 @@ class WSquare(Rule):
 
     def input_constants(self):
         return {"ones": np.ones(())}
+
+
+@dataclasses.dataclass(frozen=True)
+class Flat(Rule):
+    """Flat: ``z_ij = 1``, ``z_j = Σ_i 1``: relevance spread evenly over the receptive field.
+
+    ``Σ_i`` runs over the inputs that feed output ``j`` (zero padding does not count).
+    """
+
+    def params(self, kernel, bias):
+        return {"ones": np.ones_like(kernel)}
+
+    def parts(self, *, nonnegative_input=False):
+        return (Part((Term("ones", "ones"),)),)
+
+    def input_constants(self):
+        return {"ones": np.ones(())}
+
+
+@dataclasses.dataclass(frozen=True)
+class Pass(Rule):
+    """Pass: relevance goes through the layer unchanged (only for layers that keep the shape)."""
+
+    def params(self, kernel, bias):
+        return {}
+
+    def parts(self, *, nonnegative_input=False):
+        return ()
 
 
 def check_broadcastable(value_shape, sample_shape, what):
