@@ -108,3 +108,52 @@ def test_epsilon_plus_presets_assign_their_rules():
     assert isinstance(flat["conv_after_padding"], rules.Flat)
     assert isinstance(flat["conv_in_nested"], rules.Flat)
     assert flat["head"] == rules.Epsilon()
+
+
+def _chain(depth=6):
+    inputs = keras.Input((8, 8, 2))
+    h = inputs
+    for i in range(depth):
+        h = L.Conv2D(2, 3, padding="same", activation="relu", name=f"c{i}")(h)
+    return keras.Model(inputs, L.Dense(3, name="top")(L.Flatten()(h)))
+
+
+def test_by_index_counts_kernel_layers_with_negative_and_fractional_bounds():
+    composite = tf_dtd.Composite(
+        default=rules.Z(),
+        by_index={0: rules.Flat(), -1: rules.Epsilon(0.5), (1, 3): rules.Gamma(0.1),
+                  (0.5, 1.0): rules.Gamma(0.2)},
+    )
+    assigned = _rules_by_layer(tf_dtd.relevance_model(_chain(), composite))
+    # 7 kernel layers: c0..c5, top; 0.5 of 7 -> index 3
+    assert assigned["c0"] == rules.Flat()
+    assert assigned["c1"] == assigned["c2"] == rules.Gamma(0.1)
+    assert assigned["c3"] == assigned["c4"] == assigned["c5"] == rules.Gamma(0.2)
+    assert assigned["top"] == rules.Epsilon(0.5)  # -1 is listed before (0.5, 1.0)
+    with pytest.raises(tf_dtd.InvalidArgumentError, match="ints or \\(start, stop\\) pairs"):
+        tf_dtd.Composite(by_index={"c0": rules.Z()})
+
+
+def test_epsilon_gamma_box_split():
+    assigned = _rules_by_layer(tf_dtd.relevance_model(
+        _chain(), "lrp_epsilon_gamma_box", input_range=(0.0, 1.0)))
+    assert isinstance(assigned["c0"], rules.ZBox)
+    assert assigned["c1"] == assigned["c2"] == rules.Gamma(0.25)
+    assert assigned["c3"] == assigned["c5"] == rules.Epsilon(0.25, relative=True)
+    assert assigned["top"] == rules.Z()
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("winner_take_all", [0.0, 0.0, 0.0, 4.0]),
+    ("proportional", [0.4, 0.8, 1.2, 1.6]),  # a_i / Σ a · R over the window
+])
+def test_max_pooling_modes(mode, expected):
+    inputs = keras.Input((2, 2, 1))
+    h = L.Flatten()(L.MaxPooling2D(2)(inputs))
+    model = keras.Model(inputs, L.Dense(1, use_bias=False, kernel_initializer="ones")(h))
+    x = np.array([[1.0, 2.0], [3.0, 4.0]], "float32").reshape(1, 2, 2, 1)
+    composite = tf_dtd.Composite(default=rules.Z(), max_pooling=mode)
+    relevance = tf_dtd.explain(model, x, composite)
+    np.testing.assert_allclose(relevance.reshape(-1), expected, rtol=1e-6, atol=1e-7)
+    with pytest.raises(tf_dtd.InvalidArgumentError, match="max_pooling must be one of"):
+        tf_dtd.Composite(max_pooling="average")

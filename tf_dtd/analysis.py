@@ -10,7 +10,7 @@
 
 import keras
 
-__all__ = ["activation_name", "output_nonnegative", "carries_input_box"]
+__all__ = ["activation_name", "output_nonnegative", "carries_input_box", "has_kernel"]
 
 L = keras.layers
 
@@ -51,6 +51,12 @@ def output_nonnegative(layer, inputs_nonnegative):
     if name is not None and name != "linear":
         return name in _NONNEGATIVE_ACTIVATIONS
     return isinstance(layer, _SIGN_PRESERVING) and all(inputs_nonnegative)
+
+
+def has_kernel(layer):
+    """Whether ``layer`` is a kernel layer (Dense, convolutions): the layers rules apply to."""
+    return any(getattr(layer, attribute, None) is not None
+               for attribute in ("kernel", "depthwise_kernel", "pointwise_kernel"))
 
 
 def carries_input_box(layer):

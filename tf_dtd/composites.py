@@ -2,7 +2,8 @@
 
 Precedence, first match wins: ``by_name`` (the layer's name), then ``first`` (kernel layers that
 read the model input, see :func:`tf_dtd.relevance_model`), then ``by_type`` (along the layer
-class's MRO, so subclasses inherit), then ``default``.
+class's MRO, so subclasses inherit), then ``by_index`` (position among the kernel layers), then
+``default``.
 """
 
 import dataclasses
@@ -25,6 +26,13 @@ class Composite:
         first: the rule of the kernel layers that read the model input (e.g. z^B, w²).
         by_type: ``{LayerClass: rule}``; looked up along ``type(layer).__mro__``.
         by_name: ``{layer_name: rule}``; wins over everything else.
+        by_index: ``{index or (start, stop): rule}`` over the kernel layers (Dense,
+            convolutions) in graph order, 0-based, ``stop`` excluded or ``None`` for the end.
+            Negative ints count from the end; ``start``/``stop`` may also be floats in [0, 1],
+            fractions of the number of kernel layers (``(0.0, 0.5)``: the lower half), so one
+            composite fits models of any depth. First matching key wins.
+        max_pooling: ``"winner_take_all"`` (default: a window's relevance goes to its maximum)
+            or ``"proportional"`` (shared in proportion to the inputs, as average pooling).
 
     Example:
         >>> composite = tf_dtd.Composite(
@@ -36,9 +44,25 @@ class Composite:
     first: rules.Rule = None
     by_type: dict = dataclasses.field(default_factory=dict)
     by_name: dict = dataclasses.field(default_factory=dict)
+    by_index: dict = dataclasses.field(default_factory=dict)
+    max_pooling: str = "winner_take_all"
 
     def __post_init__(self):
+        if self.max_pooling not in MAX_POOLING_MODES:
+            raise InvalidArgumentError(
+                f"Composite.max_pooling must be one of {MAX_POOLING_MODES}. "
+                f"Received: max_pooling={self.max_pooling!r}"
+            )
+        for key in dict(self.by_index):
+            is_range = isinstance(key, tuple) and len(key) == 2 and all(
+                isinstance(b, (int, float, type(None))) and not isinstance(b, bool) for b in key)
+            if not is_range and (isinstance(key, bool) or not isinstance(key, int)):
+                raise InvalidArgumentError(
+                    "Composite.by_index keys must be ints or (start, stop) pairs. "
+                    f"Received: {key!r}"
+                )
         named = {"default": self.default, "first": self.first}
+        named.update({f"by_index[{k!r}]": v for k, v in dict(self.by_index).items()})
         named.update({f"by_type[{k!r}]": v for k, v in dict(self.by_type).items()})
         named.update({f"by_name[{k!r}]": v for k, v in dict(self.by_name).items()})
         for where, rule in named.items():
@@ -53,12 +77,14 @@ class Composite:
                 )
         object.__setattr__(self, "by_type", types.MappingProxyType(dict(self.by_type)))
         object.__setattr__(self, "by_name", types.MappingProxyType(dict(self.by_name)))
+        object.__setattr__(self, "by_index", types.MappingProxyType(dict(self.by_index)))
 
-    def rule_for(self, layer, *, is_first=False, name=None):
+    def rule_for(self, layer, *, is_first=False, name=None, position=None):
         """The rule ``layer`` gets.
 
         ``is_first`` says whether it reads the model input; ``name`` is the name ``by_name``
-        matches, ``layer.name`` by default.
+        matches, ``layer.name`` by default; ``position`` is ``(index, count)`` of a kernel layer
+        among the model's kernel layers (``None`` for other layers).
         """
         name = layer.name if name is None else name
         if name in self.by_name:
@@ -68,7 +94,25 @@ class Composite:
         for cls in type(layer).__mro__:
             if cls in self.by_type:
                 return self.by_type[cls]
+        if position is not None:
+            for key, rule in self.by_index.items():
+                if _index_matches(key, *position):
+                    return rule
         return self.default
+
+
+MAX_POOLING_MODES = ("winner_take_all", "proportional")
+
+
+def _index_matches(key, index, count):
+    if isinstance(key, int):
+        return index == key % count if -count <= key < count else False
+
+    def bound(value):
+        return int(value * count) if isinstance(value, float) else value
+
+    start, stop = key
+    return index in range(count)[slice(bound(start), bound(stop))]
 
 
 def _box(input_range, preset):
@@ -95,6 +139,15 @@ PRESETS = {
         default=rules.ZPlus(), by_type={keras.layers.Dense: rules.Epsilon()}),
     "lrp_epsilon_plus_flat": lambda input_range: Composite(
         default=rules.ZPlus(), first=rules.Flat(), by_type={keras.layers.Dense: rules.Epsilon()}),
+    # Montavon et al. (2019): z^B on the pixels, γ low, ε in the middle, LRP-0 on the dense top.
+    # The split is by position among the kernel layers: the lower half γ, the upper half ε.
+    "lrp_epsilon_gamma_box": lambda input_range: Composite(
+        default=rules.Z(),
+        first=_box(input_range, "lrp_epsilon_gamma_box"),
+        by_type={keras.layers.Dense: rules.Z()},
+        by_index={(0.0, 0.5): rules.Gamma(0.25),
+                  (0.5, None): rules.Epsilon(0.25, relative=True)},
+    ),
 }
 
 

@@ -37,6 +37,8 @@ class HandlerContext:
             them by listing them in its ``constant_inputs`` attribute.
         dtype: the dtype relevance layers compute in (float32, or float64 under a float64
             policy; never float16, even for a mixed-precision model).
+        max_pooling: the composite's max-pooling mode, ``"winner_take_all"`` or
+            ``"proportional"``.
     """
 
     name: str
@@ -44,6 +46,7 @@ class HandlerContext:
     nonnegative_inputs: tuple
     input_constants: tuple = ()
     dtype: str = "float32"
+    max_pooling: str = "winner_take_all"
 
 
 def register_layer_rule(layer_class, handler):
@@ -100,6 +103,25 @@ def route(layer, rule, context):
     return relevance_layers.RoutingRelevance(layer, name=context.name, dtype=context.dtype)
 
 
+_AVERAGE_OF = {
+    keras.layers.MaxPooling1D: keras.layers.AveragePooling1D,
+    keras.layers.MaxPooling2D: keras.layers.AveragePooling2D,
+    keras.layers.MaxPooling3D: keras.layers.AveragePooling3D,
+    keras.layers.GlobalMaxPooling1D: keras.layers.GlobalAveragePooling1D,
+    keras.layers.GlobalMaxPooling2D: keras.layers.GlobalAveragePooling2D,
+    keras.layers.GlobalMaxPooling3D: keras.layers.GlobalAveragePooling3D,
+}
+
+
+def max_pooling(layer, rule, context):
+    """Max-pooling: winner-take-all (routing), or in proportion to the window's inputs."""
+    if context.max_pooling == "winner_take_all":
+        return route(layer, rule, context)
+    average_class = next(_AVERAGE_OF[cls] for cls in type(layer).__mro__ if cls in _AVERAGE_OF)
+    config = {**layer.get_config(), "name": f"{layer.name}_as_average"}
+    return proportional(average_class.from_config(config), rule, context)
+
+
 def proportional(layer, rule, context):
     """Average pooling, Add, BatchNorm: shares by contribution (LRP-0/ε on the layer)."""
     return relevance_layers.ProportionalRelevance(layer, name=context.name,
@@ -150,9 +172,8 @@ def _register_builtins():
             kl.Flatten, kl.Reshape, kl.Permute, kl.Concatenate,
             kl.ZeroPadding1D, kl.ZeroPadding2D, kl.ZeroPadding3D,
             kl.Cropping1D, kl.Cropping2D, kl.Cropping3D,
-            kl.MaxPooling1D, kl.MaxPooling2D, kl.MaxPooling3D,
-            kl.GlobalMaxPooling1D, kl.GlobalMaxPooling2D, kl.GlobalMaxPooling3D,
         ],
+        max_pooling: list(_AVERAGE_OF),
         proportional: [
             kl.AveragePooling1D, kl.AveragePooling2D, kl.AveragePooling3D,
             kl.GlobalAveragePooling1D, kl.GlobalAveragePooling2D, kl.GlobalAveragePooling3D,

@@ -134,6 +134,8 @@ class _ReverseWalk:
         self.namer = namer
         self.original_names = original_names
         self.nonnegative, self.first = _forward_facts(canonical, input_range)
+        kernel_nodes = [id(n) for n in canonical.nodes if analysis.has_kernel(n.layer)]
+        self.positions = {key: (i, len(kernel_nodes)) for i, key in enumerate(kernel_nodes)}
         self.producers = canonical.producers()
         self.constants = {}
         self.first_kernel_found = False
@@ -162,7 +164,8 @@ class _ReverseWalk:
     def node_relevance(self, node, relevance):
         is_first = id(node) in self.first
         rule = self.composite.rule_for(node.layer, is_first=is_first,
-                                       name=self.original_names.get(node.layer.name))
+                                       name=self.original_names.get(node.layer.name),
+                                       position=self.positions.get(id(node)))
         if isinstance(rule, rules_lib.Pass):
             return [self.passed(node, relevance)]
         context = registry.HandlerContext(
@@ -171,6 +174,7 @@ class _ReverseWalk:
             nonnegative_inputs=tuple(self.nonnegative.get(i, False) for i in node.inputs),
             input_constants=tuple(sorted(rule.input_constants())) if is_first else (),
             dtype=self.dtype,
+            max_pooling=self.composite.max_pooling,
         )
         reverse = registry.find_handler(node.layer)(node.layer, rule, context)
         if reverse is None:
