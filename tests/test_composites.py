@@ -157,3 +157,28 @@ def test_max_pooling_modes(mode, expected):
     np.testing.assert_allclose(relevance.reshape(-1), expected, rtol=1e-6, atol=1e-7)
     with pytest.raises(tf_dtd.InvalidArgumentError, match="max_pooling must be one of"):
         tf_dtd.Composite(max_pooling="average")
+
+
+def test_input_box_for_caffe_and_torch_preprocessing():
+    caffe_mean = np.array([103.939, 116.779, 123.68])
+    low, high = tf_dtd.input_box(caffe_mean)
+    pixels = np.random.default_rng(0).uniform(0, 255, (50, 3))
+    preprocessed = pixels - caffe_mean  # what vgg16.preprocess_input does (after BGR flip)
+    assert np.all(preprocessed >= low) and np.all(preprocessed <= high)
+    np.testing.assert_allclose(low, -caffe_mean)
+    np.testing.assert_allclose(high, 255.0 - caffe_mean)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    low, high = tf_dtd.input_box(mean, std, pixel_range=(0.0, 1.0))
+    np.testing.assert_allclose(low, -mean / std)
+    np.testing.assert_allclose(high, (1.0 - mean) / std)
+    with pytest.raises(tf_dtd.InvalidArgumentError, match="std > 0"):
+        tf_dtd.input_box(0.5, [1.0, 0.0])
+    # the box drives z^B: relevance ≥ 0 for inputs inside it
+    inputs = keras.Input((6, 6, 3))
+    model = keras.Model(inputs, L.Dense(2)(L.Flatten()(
+        L.Conv2D(4, 3, activation="relu")(inputs))))
+    x = (np.random.default_rng(1).uniform(0, 1, (3, 6, 6, 3)) - mean) / std
+    relevance, logits = tf_dtd.relevance_model(
+        model, input_range=(low, high), return_prediction=True).predict(x, verbose=0)
+    positive = logits.max(-1) > 0
+    assert positive.any() and relevance[positive].min() >= -1e-7

@@ -154,3 +154,23 @@ def test_a_users_first_layer_receives_the_carried_box():
     assert seen == [("mine", True, ("high", "low"))]
     top = logits.max(-1)
     np.testing.assert_allclose(relevance.sum(-1)[top > 0], top[top > 0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["deep_taylor_bounded", "deep_taylor_unbounded",
+                                    "lrp_epsilon_plus_flat"])
+def test_rescaling_and_normalization_front_ends_carry_the_box(preset):
+    mean, variance = np.array([0.4, 0.6]), np.array([0.04, 0.09])
+    raw = keras.Input((6, 6, 2))
+    h = L.Normalization(mean=mean, variance=variance)(L.Rescaling(1 / 255.0)(raw))
+    conv = L.Conv2D(3, 3, padding="same", activation="relu")
+    head = L.Dense(2)
+    with_front_end = keras.Model(raw, head(L.Flatten()(conv(h))))
+    normalized = keras.Input((6, 6, 2))
+    without = keras.Model(normalized, head(L.Flatten()(conv(normalized))))
+    pixels = np.random.default_rng(0).uniform(0, 255, (3, 6, 6, 2)).astype("float32")
+    x = ((pixels / 255.0 - mean) / np.sqrt(variance)).astype("float32")
+    box = tf_dtd.input_box(mean, np.sqrt(variance), pixel_range=(0.0, 1.0))
+    expected = tf_dtd.explain(without, x, preset, input_range=box)
+    actual = tf_dtd.explain(with_front_end, pixels, preset, input_range=(0.0, 255.0))
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+    assert np.abs(expected).sum() > 0

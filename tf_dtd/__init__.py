@@ -16,6 +16,7 @@ from tf_dtd.errors import (
 )
 from tf_dtd.registry import HandlerContext, register_layer_rule
 from tf_dtd.rewriter import explain, relevance_model
+from tf_dtd.rules import input_box
 
 __version__ = "0.1.0"
 
@@ -28,6 +29,7 @@ __all__ = [
     "UnsupportedLayerError",
     "UnsupportedModelError",
     "explain",
+    "input_box",
     "layers",
     "register_layer_rule",
     "relevance_model",

@@ -6,11 +6,18 @@
   dropout at inference). Kernel layers behind them still read the *pixels*, so they are "first"
   layers, and input constants such as the z^B box or the all-ones mask of w² are carried to them
   through the same layers: the carried box still bounds the values (zero padding gives [0, 0]).
+- :func:`is_increasing_front_end`: ``Rescaling`` with a positive scale and ``Normalization``
+  map every value by an increasing function, so a box carried through them stays a box
+  (``low ↦ f(low)``, ``high ↦ f(high)``) while a mask of real input positions stays the same.
 """
 
 import keras
+import numpy as np
 
-__all__ = ["activation_name", "output_nonnegative", "carries_input_box", "has_kernel"]
+__all__ = [
+    "activation_name", "output_nonnegative", "carries_input_box", "is_increasing_front_end",
+    "has_kernel",
+]
 
 L = keras.layers
 
@@ -51,6 +58,15 @@ def output_nonnegative(layer, inputs_nonnegative):
     if name is not None and name != "linear":
         return name in _NONNEGATIVE_ACTIVATIONS
     return isinstance(layer, _SIGN_PRESERVING) and all(inputs_nonnegative)
+
+
+def is_increasing_front_end(layer):
+    """Whether ``layer`` is an element-wise increasing input transform (Rescaling, etc.)."""
+    if isinstance(layer, L.Normalization):
+        return True  # (x − mean) / std, or its inverse: increasing either way
+    if isinstance(layer, L.Rescaling):
+        return bool(np.all(np.asarray(keras.ops.convert_to_numpy(layer.scale)) > 0))
+    return False
 
 
 def has_kernel(layer):

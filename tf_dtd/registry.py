@@ -167,6 +167,7 @@ def _register_builtins():
             kl.InputLayer, kl.Activation, kl.Softmax, kl.ReLU, kl.LeakyReLU, kl.ELU, kl.PReLU,
             kl.Dropout, kl.SpatialDropout1D, kl.SpatialDropout2D, kl.SpatialDropout3D,
             kl.GaussianNoise, kl.GaussianDropout, kl.AlphaDropout,
+            kl.Rescaling, kl.Normalization,
         ],
         route: [
             kl.Flatten, kl.Reshape, kl.Permute, kl.Concatenate,

@@ -229,7 +229,10 @@ class _ReverseWalk:
             else:  # a box-carrying layer (padding, reshaping, ...): replay it on the constant
                 node = self.producers[tensor_id]
                 carried = [self.constant(i, rule, key) for i in node.inputs]
-                value = keras.tree.flatten(node.call(node.layer, carried))[0]
+                if key == "ones" and analysis.is_increasing_front_end(node.layer):
+                    value = carried[0]  # a mask of real inputs: element-wise maps keep it
+                else:
+                    value = keras.tree.flatten(node.call(node.layer, carried))[0]
             self.constants[memo] = value
         return self.constants[memo]
 
@@ -262,7 +265,8 @@ def _forward_facts(canonical, input_range):
         nonnegative.update({i: is_nonnegative for i in node.outputs})
         if node.inputs and all(i in carries_pixels for i in node.inputs):
             first.add(id(node))
-            if analysis.carries_input_box(node.layer):
+            if analysis.carries_input_box(node.layer) or analysis.is_increasing_front_end(
+                    node.layer):
                 carries_pixels.update(node.outputs)
     return nonnegative, first
 
