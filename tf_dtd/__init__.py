@@ -7,6 +7,7 @@ Example:
 """
 
 from tf_dtd import layers, rules
+from tf_dtd.boxes import input_box
 from tf_dtd.composites import PRESETS, Composite
 from tf_dtd.errors import (
     InvalidArgumentError,
@@ -16,7 +17,6 @@ from tf_dtd.errors import (
 )
 from tf_dtd.registry import HandlerContext, register_layer_rule
 from tf_dtd.rewriter import explain, relevance_model
-from tf_dtd.rules import input_box
 
 __version__ = "0.1.0"
 

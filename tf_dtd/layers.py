@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from tf_dtd import boxes
 from tf_dtd import rules as rules_lib
 from tf_dtd.errors import InvalidArgumentError
 
@@ -322,7 +323,7 @@ class InputConstant(keras.layers.Layer):
         return layer
 
     def build(self, input_shape):
-        rules_lib.check_broadcastable(self.value_shape, input_shape[1:], f"Constant {self.name!r}")
+        boxes.check_broadcastable(self.value_shape, input_shape[1:], f"Constant {self.name!r}")
         initial = self._initial_value
         self.value = self.add_weight(
             name="value", shape=self.value_shape, trainable=False,

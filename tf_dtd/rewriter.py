@@ -10,7 +10,7 @@ No layer class is special-cased here.
 import keras
 import numpy as np
 
-from tf_dtd import analysis, canonize, composites, registry
+from tf_dtd import analysis, boxes, canonize, composites, registry
 from tf_dtd import graph as graph_lib
 from tf_dtd import rules as rules_lib
 from tf_dtd.errors import InvalidArgumentError, UnsupportedModelError, describe
@@ -221,7 +221,7 @@ class _ReverseWalk:
             if tensor_id == self.graph.input_id:
                 x = self.graph.tensors[tensor_id]
                 array = np.asarray(rule.input_constants()[key])
-                rules_lib.check_broadcastable(array.shape, x.shape[1:],
+                boxes.check_broadcastable(array.shape, x.shape[1:],
                                               f"{type(rule).__name__}.{key}")
                 layer = InputConstant.from_value(array, name=self.namer(f"input_{key}"),
                                                  dtype=self.dtype)
