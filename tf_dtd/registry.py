@@ -87,14 +87,19 @@ def find_handler(layer):
     )
 
 
-def pass_through(layer, rule, context):
-    """Element-wise layers (activations, dropout, noise): relevance passes unchanged."""
+def _check_elementwise_activation(layer):
+    """A (fused) softmax inside the model is not element-wise: relevance cannot pass it."""
     if activation_name(layer) in _NOT_ELEMENTWISE:
         raise UnsupportedLayerError(
             f"Layer {describe(layer)} applies {activation_name(layer)} inside the model; it is "
             "not element-wise and only a final softmax is removed. Register a handler with "
             "tf_dtd.register_layer_rule."
         )
+
+
+def pass_through(layer, rule, context):
+    """Element-wise layers (activations, dropout, noise): relevance passes unchanged."""
+    _check_elementwise_activation(layer)
     return None
 
 
@@ -129,7 +134,7 @@ def proportional(layer, rule, context):
 
 
 def _kernel_args(layer, rule, context):
-    pass_through(layer, rule, context)
+    _check_elementwise_activation(layer)
     bias = ops.convert_to_numpy(layer.bias) if getattr(layer, "bias", None) is not None else None
     return dict(
         rule=rule,
