@@ -95,3 +95,59 @@ def test_explains_models_loaded_from_files(model, x, tmp_path, suffix):
     actual = tf_dtd.explain(loaded, x, input_range=(0.0, 1.0))
     np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-9)
     assert np.abs(actual).sum() > 0
+
+
+def _modern_model():
+    """Every relevance layer kind the architectures need, in one small model."""
+    from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+
+    keras.utils.set_random_seed(11)
+    inputs = keras.Input((8, 8, 3), name="image")
+    h = L.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    h = L.ReLU(6.0)(L.BatchNormalization()(L.DepthwiseConv2D(3, padding="same")(h)))
+    gate = L.Dense(4, activation="sigmoid")(L.GlobalAveragePooling2D()(h))
+    h = L.Multiply()([h, L.Reshape((1, 1, 4))(gate)])
+    h = L.SeparableConv2D(6, 3, activation="swish")(h)
+    h = L.Conv2DTranspose(4, 3, strides=2, padding="same")(h)
+    h = L.UpSampling2D(interpolation="bilinear")(L.MaxPooling2D(2)(h))
+    h = L.LayerNormalization()(h)
+    h = CustomScaleLayer(0.2)([h, L.Conv2D(4, 1)(h)])
+    h = L.Subtract()([h, L.Maximum()([h, h * 0.5])])
+    outputs = L.Dense(3)(L.Flatten()(L.Average()([h, L.Conv2D(4, 1)(h)])))
+    return keras.Model(inputs, outputs)
+
+
+@pytest.mark.parametrize("multiply", ["gate", "split"])
+def test_modern_layers_save_export_and_compile(tmp_path, multiply):
+    model = _modern_model()
+    x = np.random.default_rng(1).uniform(0, 1, (4, 8, 8, 3)).astype("float32")
+    composite = tf_dtd.Composite(default=tf_dtd.rules.Epsilon(1e-3),
+                                 first=tf_dtd.rules.ZBox(0.0, 1.0), multiply=multiply)
+    rel_model = tf_dtd.relevance_model(model, composite)
+    expected = rel_model.predict(x, verbose=0)
+    assert np.all(np.isfinite(expected)) and np.abs(expected).max() > 0
+
+    rel_model.save(tmp_path / "relevance.keras")
+    loaded = keras.models.load_model(tmp_path / "relevance.keras", safe_mode=True)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), expected)
+
+    if multiply == "gate":
+        return  # the split model (its gate branch carries relevance) covers XLA and export
+    compiled = tf_dtd.relevance_model(model, composite)
+    compiled.compile(jit_compile=True)
+    np.testing.assert_allclose(compiled.predict(x, verbose=0), expected, rtol=1e-4,
+                               atol=1e-5 * np.abs(expected).max())
+
+    rel_model.export(str(tmp_path / "savedmodel"), verbose=False)
+    np.save(tmp_path / "x.npy", x)
+    script = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        import tensorflow as tf
+        loaded = tf.saved_model.load({str(tmp_path / 'savedmodel')!r})
+        np.save({str(tmp_path / 'out.npy')!r}, loaded.serve(np.load({str(tmp_path / 'x.npy')!r})))
+        assert "tf_dtd" not in sys.modules
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, rtol=1e-5,
+                               atol=1e-7 * np.abs(expected).max())

@@ -1,6 +1,7 @@
 """Static facts about layers that the rewriter uses to pick cheaper or better-founded paths.
 
-- :func:`output_nonnegative`: the sign analysis that lets z⁺ drop its a⁻ terms after a ReLU.
+- :func:`output_range`: an interval analysis (bounds every tensor holds): z⁺ drops its a⁻ terms
+  after a ReLU, and a ``Multiply`` operand bounded by [0, 1] is recognised as a gate.
 - :func:`carries_input_box`: layers whose every output is a copy, a selection or an average of
   input values, or zero padding (padding, reshaping, concatenation, max- and average pooling,
   dropout at inference). Kernel layers behind them still read the *pixels*, so they are "first"
@@ -11,18 +12,23 @@
   (``low ↦ f(low)``, ``high ↦ f(high)``) while a mask of real input positions stays the same.
 """
 
+import math
+
 import keras
 import numpy as np
 
 __all__ = [
-    "activation_name", "output_nonnegative", "carries_input_box", "is_increasing_front_end",
-    "has_kernel",
+    "activation_name", "output_range", "carries_input_box", "is_increasing_front_end",
+    "has_kernel", "is_gate", "UNBOUNDED",
 ]
 
 L = keras.layers
 
-_NONNEGATIVE_ACTIVATIONS = ("relu", "relu6", "sigmoid", "hard_sigmoid", "softmax", "softplus",
-                            "exponential")
+UNBOUNDED = (-math.inf, math.inf)
+# Element-wise activations that never decrease: their range is the image of the input's bounds.
+_INCREASING_ACTIVATIONS = ("linear", "relu", "relu6", "sigmoid", "hard_sigmoid", "tanh",
+                           "softplus", "softsign", "exponential", "elu", "selu", "leaky_relu")
+_HUGE = 1e30  # stands in for an infinite bound when an activation is evaluated on it
 
 _BOX_CARRYING = (
     L.InputLayer, L.Flatten, L.Reshape, L.Permute, L.Concatenate,
@@ -30,13 +36,15 @@ _BOX_CARRYING = (
     L.Cropping1D, L.Cropping2D, L.Cropping3D,
     L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D,
     L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
+    L.UpSampling1D, L.UpSampling2D, L.UpSampling3D,
     L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
     L.GaussianDropout, L.GaussianNoise, L.AlphaDropout,
     L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
     L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
 )
 
-_SIGN_PRESERVING = _BOX_CARRYING + (L.Activation, L.Add)
+# Layers whose output lies within the hull of their inputs' ranges.
+_WITHIN_INPUT_HULL = _BOX_CARRYING + (L.Average, L.Maximum, L.Minimum)
 
 
 def activation_name(layer):
@@ -50,14 +58,105 @@ def activation_name(layer):
     return activation if isinstance(activation, str) else None
 
 
-def output_nonnegative(layer, inputs_nonnegative):
-    """Whether ``layer``'s output is ≥ 0 for every input, given which inputs are ≥ 0."""
-    if isinstance(layer, L.ReLU):
-        return layer.negative_slope == 0 and layer.threshold >= 0
+def output_range(layer, operands):
+    """Bounds ``(low, high)`` of ``layer``'s output, given its call's positional operands.
+
+    ``operands`` holds, in call order, ``(low, high)`` for each tensor operand and the value for
+    each constant operand (``x + 3.0`` is ``[(low, high), 3.0]``). Unknown bounds are infinite.
+    """
+    ranges = [o for o in operands if isinstance(o, tuple)]
+    if not ranges:
+        return UNBOUNDED
+    if isinstance(layer, L.ReLU):  # non-decreasing unless it has a negative slope or threshold
+        increasing = layer.negative_slope >= 0 and layer.threshold >= 0
+        return _image(layer, ranges[0]) if increasing else UNBOUNDED
     name = activation_name(layer)
     if name is not None and name != "linear":
-        return name in _NONNEGATIVE_ACTIVATIONS
-    return isinstance(layer, _SIGN_PRESERVING) and all(inputs_nonnegative)
+        if has_kernel(layer):
+            ranges = [UNBOUNDED]
+        if name == "softmax":
+            return 0.0, 1.0
+        if name in _INCREASING_ACTIVATIONS:
+            return _image(keras.activations.get(name), ranges[0])
+        return UNBOUNDED
+    if has_kernel(layer):
+        return UNBOUNDED
+    if isinstance(layer, L.Activation):  # a linear one (named activations are handled above)
+        return ranges[0] if name == "linear" else UNBOUNDED
+    if isinstance(layer, _WITHIN_INPUT_HULL):
+        low, high = min(r[0] for r in ranges), max(r[1] for r in ranges)
+        if _pads_with_zeros(layer):
+            low, high = min(low, 0.0), max(high, 0.0)
+        return low, high
+    if isinstance(layer, L.Add):
+        return sum(r[0] for r in ranges), sum(r[1] for r in ranges)
+    if isinstance(layer, L.Multiply):
+        return _product(ranges)
+    if isinstance(layer, L.Rescaling) and is_increasing_front_end(layer):
+        scale = np.asarray(keras.ops.convert_to_numpy(layer.scale), dtype="float64")
+        offset = np.asarray(keras.ops.convert_to_numpy(layer.offset), dtype="float64")
+        with np.errstate(invalid="ignore"):
+            return (float(np.min(ranges[0][0] * scale + offset)),
+                    float(np.max(ranges[0][1] * scale + offset)))
+    return _operation_range(type(layer).__name__, operands)
+
+
+def _image(function, bounds):
+    """``(f(low), f(high))`` for an element-wise non-decreasing ``f``."""
+    low, high = (float(np.clip(b, -_HUGE, _HUGE)) for b in bounds)
+    with np.errstate(over="ignore"):  # a float16 layer turns the huge stand-ins into ±inf
+        values = keras.ops.convert_to_numpy(function(keras.ops.convert_to_tensor([low, high])))
+        values = np.asarray(values, dtype="float64")
+    values = np.where(values >= _HUGE / 10, math.inf, np.where(values <= -_HUGE / 10, -math.inf,
+                                                               values))
+    return float(values[0]), float(values[1])
+
+
+def _product(ranges):
+    low, high = 1.0, 1.0
+    for r_low, r_high in ranges:
+        with np.errstate(invalid="ignore"):
+            corners = [a * b for a in (low, high) for b in (r_low, r_high)]
+        corners = [c for c in corners if not math.isnan(c)] or [0.0]  # 0·∞: the product is 0
+        low, high = min(corners), max(corners)
+    return low, high
+
+
+def _operation_range(op_name, operands):
+    """Keras operations: ``a ± b``, ``a * b`` of tensors, or with a scalar constant (``x / c``)."""
+    tensors = [o for o in operands if isinstance(o, tuple)]
+    if len(operands) != 2:
+        return UNBOUNDED
+    if len(tensors) == 2:
+        (a_low, a_high), (b_low, b_high) = tensors
+        if op_name == "Add":
+            return a_low + b_low, a_high + b_high
+        if op_name == "Subtract":
+            return a_low - b_high, a_high - b_low
+        return _product(tensors) if op_name == "Multiply" else UNBOUNDED
+    constant = next(o for o in operands if not isinstance(o, tuple))
+    if np.ndim(constant) != 0:
+        return UNBOUNDED
+    constant, (low, high), tensor_first = float(constant), tensors[0], operands[0] is tensors[0]
+    if op_name == "Add":
+        return low + constant, high + constant
+    if op_name == "Subtract":
+        return (low - constant, high - constant) if tensor_first else (constant - high,
+                                                                      constant - low)
+    if op_name == "Multiply":
+        return _product([(low, high), (constant, constant)])
+    if op_name == "TrueDivide" and tensor_first and constant != 0:
+        return _product([(low, high), (1.0 / constant, 1.0 / constant)])
+    return UNBOUNDED
+
+
+def _pads_with_zeros(layer):
+    return isinstance(layer, (L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D))
+
+
+def is_gate(bounds):
+    """A value range within [0, 1]: the operand of a ``Multiply`` that scales the other."""
+    return bounds[0] >= 0 and bounds[1] <= 1
 
 
 def is_increasing_front_end(layer):

@@ -33,6 +33,11 @@ class Composite:
             composite fits models of any depth. First matching key wins.
         max_pooling: ``"winner_take_all"`` (default: a window's relevance goes to its maximum)
             or ``"proportional"`` (shared in proportion to the inputs, as average pooling).
+        multiply: how a product of two tensors (``Multiply``) shares relevance: ``"gate"``
+            (default: when one factor is a gate, known to lie in [0, 1] like a sigmoid output,
+            the other factor gets all the relevance; any other product is an error) or
+            ``"split"`` (each of the n factors gets 1/n, and relevance flows into the gate
+            branch too).
 
     Example:
         >>> composite = tf_dtd.Composite(
@@ -46,12 +51,18 @@ class Composite:
     by_name: dict = dataclasses.field(default_factory=dict)
     by_index: dict = dataclasses.field(default_factory=dict)
     max_pooling: str = "winner_take_all"
+    multiply: str = "gate"
 
     def __post_init__(self):
         if self.max_pooling not in MAX_POOLING_MODES:
             raise InvalidArgumentError(
                 f"Composite.max_pooling must be one of {MAX_POOLING_MODES}. "
                 f"Received: max_pooling={self.max_pooling!r}"
+            )
+        if self.multiply not in MULTIPLY_MODES:
+            raise InvalidArgumentError(
+                f"Composite.multiply must be one of {MULTIPLY_MODES}. "
+                f"Received: multiply={self.multiply!r}"
             )
         for key in dict(self.by_index):
             is_range = isinstance(key, tuple) and len(key) == 2 and all(
@@ -102,6 +113,7 @@ class Composite:
 
 
 MAX_POOLING_MODES = ("winner_take_all", "proportional")
+MULTIPLY_MODES = ("gate", "split")
 
 
 def _index_matches(key, index, count):

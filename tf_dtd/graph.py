@@ -12,7 +12,7 @@ import keras
 
 from tf_dtd.errors import UnsupportedModelError, describe
 
-__all__ = ["Graph", "Node", "UniqueNames", "trace"]
+__all__ = ["Graph", "Node", "UniqueNames", "trace", "operation_classes", "application_layers"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +34,20 @@ class Node:
         with the structure and keyword arguments of the original call."""
         args, kwargs = self.arguments.fill_in(dict(zip(self.argument_keys, values)))
         return layer(*args, **kwargs)
+
+    def operands(self, values):
+        """The call's positional arguments, flattened, with ``values`` (one per input) in place
+        of the tensors and constants as they are: ``x + 3.0`` gives ``[values[0], 3.0]``."""
+        slots = [_Slot(index) for index in range(len(values))]
+        args, _ = self.arguments.fill_in(dict(zip(self.argument_keys, slots)))
+        return [values[a.index] if isinstance(a, _Slot) else a for a in keras.tree.flatten(args)]
+
+
+class _Slot:
+    """Marks where the ``index``-th input sits among a call's arguments."""
+
+    def __init__(self, index):
+        self.index = index
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +93,27 @@ def is_graph_model(layer):
     return isinstance(layer, keras.Model) and (
         isinstance(layer, keras.Sequential) or _is_functional(layer)
     )
+
+
+def operation_classes():
+    """The Keras operations (``x + y``, ``x * 0.5``, ...) a Functional model may record as nodes,
+    by name: ``{"Add": class, "Subtract": ..., "Multiply": ..., "TrueDivide": ...}``."""
+    from keras.src.ops import numpy as numpy_ops
+
+    return {name: getattr(numpy_ops, name)
+            for name in ("Add", "Subtract", "Multiply", "TrueDivide")}
+
+
+def application_layers():
+    """Layer classes that keras.applications define but do not export, by name (those found)."""
+    found = {}
+    for module, name in (("convnext", "LayerScale"), ("inception_resnet_v2", "CustomScaleLayer")):
+        try:
+            found[name] = getattr(
+                __import__(f"keras.src.applications.{module}", fromlist=[name]), name)
+        except (ImportError, AttributeError):
+            continue
+    return found
 
 
 def _is_functional(model):

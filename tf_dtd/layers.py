@@ -11,8 +11,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from tf_dtd import boxes
 from tf_dtd import rules as rules_lib
+from tf_dtd.endpoints import InputConstant, TargetRelevance, constant_initializer
 from tf_dtd.errors import InvalidArgumentError
 
 __all__ = [
@@ -21,6 +21,8 @@ __all__ = [
     "ConvRelevance",
     "RoutingRelevance",
     "ProportionalRelevance",
+    "DepthwiseConvRelevance",
+    "ConvTransposeRelevance",
     "InputConstant",
     "TargetRelevance",
 ]
@@ -52,11 +54,6 @@ def _vjp(forward, inputs, relevance, epsilon=None, relative=False):
         unconnected_gradients=tf.UnconnectedGradients.ZERO,
     )
     return inputs, [ops.cast(g, x.dtype) for g, x in zip(grads, inputs)]
-
-
-def _constant(value):
-    """An initializer that returns ``value`` (saves filling zeros and assigning afterwards)."""
-    return lambda shape, dtype=None: ops.cast(value, dtype)
 
 
 class _RelevanceLayer(keras.layers.Layer):
@@ -115,8 +112,9 @@ class KernelRelevance(_RelevanceLayer):
         self._param_names = sorted(self.param_shapes)
         initial = self._initial_params or {}
         self._param_variables = [
-            self.add_weight(name=key, shape=self.param_shapes[key], trainable=False,
-                            initializer=_constant(initial[key]) if key in initial else "zeros")
+            self.add_weight(
+                name=key, shape=self.param_shapes[key], trainable=False,
+                initializer=constant_initializer(initial[key]) if key in initial else "zeros")
             for key in self._param_names
         ]
         self._initial_params = None
@@ -200,9 +198,13 @@ class ConvRelevance(KernelRelevance):
             left = self.dilation_rate[0] * (kernel.shape[0] - 1)
             x = ops.pad(x, [[0, 0], [left, 0], [0, 0]])
             padding = "valid"
-        z = ops.conv(x, kernel, strides=self.strides, padding=padding,
-                     data_format="channels_last", dilation_rate=self.dilation_rate)
+        z = self.convolve(x, kernel, padding)
         return ops.moveaxis(z, -1, 1) if channels_first else z
+
+    def convolve(self, x, kernel, padding):
+        """The channels-last convolution of the forward layer (overridden by its variants)."""
+        return ops.conv(x, kernel, strides=self.strides, padding=padding,
+                        data_format="channels_last", dilation_rate=self.dilation_rate)
 
     def add_bias(self, z, bias):
         if self.data_format == "channels_first":
@@ -217,6 +219,42 @@ class ConvRelevance(KernelRelevance):
             "dilation_rate": list(self.dilation_rate),
             "data_format": self.data_format,
         }
+
+
+@_register
+class DepthwiseConvRelevance(ConvRelevance):
+    """Relevance through ``DepthwiseConv1D/2D``: a convolution of each channel on its own.
+
+    The kernel is ``(*kernel_size, channels, depth_multiplier)``; output channel ``c·M + m``
+    reads input channel ``c``. Arguments as :class:`ConvRelevance`.
+    """
+
+    def convolve(self, x, kernel, padding):
+        return ops.depthwise_conv(x, kernel, strides=self.strides, padding=padding,
+                                  data_format="channels_last", dilation_rate=self.dilation_rate)
+
+
+@_register
+class ConvTransposeRelevance(ConvRelevance):
+    """Relevance through ``Conv1D/2D/3DTranspose``, whose kernel is ``(*size, filters, in)``.
+
+    Args:
+        output_padding: that of the forward layer (``None`` or one int per spatial axis).
+        **kwargs: see :class:`ConvRelevance`.
+    """
+
+    def __init__(self, rule, param_shapes, *, output_padding=None, **kwargs):
+        super().__init__(rule, param_shapes, **kwargs)
+        self.output_padding = None if output_padding is None else tuple(output_padding)
+
+    def convolve(self, x, kernel, padding):
+        return ops.conv_transpose(x, kernel, strides=self.strides, padding=padding,
+                                  output_padding=self.output_padding,
+                                  data_format="channels_last", dilation_rate=self.dilation_rate)
+
+    def get_config(self):
+        output_padding = None if self.output_padding is None else list(self.output_padding)
+        return {**super().get_config(), "output_padding": output_padding}
 
 
 class _WrappedLayerRelevance(_RelevanceLayer):
@@ -297,84 +335,3 @@ class ProportionalRelevance(_WrappedLayerRelevance):
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}
-
-
-@_register
-class InputConstant(keras.layers.Layer):
-    """A constant (the z^B box, w²'s ones mask) broadcast to the shape of the input batch.
-
-    Args:
-        value_shape: shape of the constant; it must broadcast to one input sample.
-
-    Call arguments:
-        inputs: the batch whose shape the output takes.
-    """
-
-    def __init__(self, value_shape, **kwargs):
-        super().__init__(**kwargs)
-        self.value_shape = tuple(value_shape)
-        self._initial_value = None
-
-    @classmethod
-    def from_value(cls, value, **kwargs):
-        value = np.asarray(value)
-        layer = cls(value.shape, **kwargs)
-        layer._initial_value = value
-        return layer
-
-    def build(self, input_shape):
-        boxes.check_broadcastable(self.value_shape, input_shape[1:], f"Constant {self.name!r}")
-        initial = self._initial_value
-        self.value = self.add_weight(
-            name="value", shape=self.value_shape, trainable=False,
-            initializer="zeros" if initial is None else _constant(initial),
-        )
-        self._initial_value = None
-
-    def call(self, inputs):
-        return ops.broadcast_to(ops.cast(self.value, inputs.dtype), ops.shape(inputs))
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "value_shape": list(self.value_shape)}
-
-
-@_register
-class TargetRelevance(keras.layers.Layer):
-    """Start relevance at one logit per sample: ``R = one_hot(class) · logits``.
-
-    Args:
-        target: ``"max"`` (the top logit), an ``int`` class index, or ``"input"`` (the layer is
-            then called on ``[logits, class_ids]``).
-
-    Returns:
-        A tensor shaped like the logits, zero but at the explained class.
-    """
-
-    def __init__(self, target="max", **kwargs):
-        super().__init__(**kwargs)
-        if not (target in ("max", "input") or isinstance(target, (int, np.integer))):
-            raise InvalidArgumentError(
-                f"target must be 'max', 'input' or an int. Received: target={target!r}"
-            )
-        self.target = target if isinstance(target, str) else int(target)
-
-    def call(self, inputs):
-        if self.target == "input":
-            logits, class_ids = inputs
-            class_ids = ops.reshape(ops.cast(class_ids, "int32"), (-1,))
-        else:
-            logits = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
-            if self.target == "max":
-                class_ids = ops.argmax(logits, axis=-1)
-            else:
-                class_ids = ops.full((ops.shape(logits)[0],), self.target, dtype="int32")
-        return ops.one_hot(class_ids, logits.shape[-1], dtype=logits.dtype) * logits
-
-    def compute_output_shape(self, input_shape):
-        return input_shape[0] if self.target == "input" else input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "target": self.target}

@@ -14,8 +14,10 @@ import keras
 from keras import ops
 
 from tf_dtd import layers as relevance_layers
-from tf_dtd.analysis import activation_name
+from tf_dtd import nonlinear_layers
+from tf_dtd.analysis import UNBOUNDED, activation_name, is_gate
 from tf_dtd.errors import InvalidArgumentError, UnsupportedLayerError, describe
+from tf_dtd.graph import application_layers, operation_classes
 
 __all__ = ["HandlerContext", "register_layer_rule", "find_handler"]
 
@@ -39,6 +41,9 @@ class HandlerContext:
             policy; never float16, even for a mixed-precision model).
         max_pooling: the composite's max-pooling mode, ``"winner_take_all"`` or
             ``"proportional"``.
+        input_ranges: per forward input, bounds ``(low, high)`` its values are known to hold
+            (infinite where unknown); a ``Multiply`` operand within [0, 1] is a gate.
+        multiply: the composite's mode for products, ``"gate"`` or ``"split"``.
     """
 
     name: str
@@ -47,6 +52,8 @@ class HandlerContext:
     input_constants: tuple = ()
     dtype: str = "float32"
     max_pooling: str = "winner_take_all"
+    input_ranges: tuple = ()
+    multiply: str = "gate"
 
 
 def register_layer_rule(layer_class, handler):
@@ -128,9 +135,64 @@ def max_pooling(layer, rule, context):
 
 
 def proportional(layer, rule, context):
-    """Average pooling, Add, BatchNorm: shares by contribution (LRP-0/ε on the layer)."""
+    """Average pooling, Add, Subtract, Average, BatchNorm, bilinear up-sampling, InceptionResNet's
+    scaled residual: shares by contribution (LRP-0/ε on the layer)."""
     return relevance_layers.ProportionalRelevance(layer, name=context.name,
                                                   dtype=context.dtype)
+
+
+def up_sampling(layer, rule, context):
+    """Nearest up-sampling copies values (routed exactly); interpolation shares proportionally."""
+    if getattr(layer, "interpolation", "nearest") == "nearest":
+        return route(layer, rule, context)
+    return proportional(layer, rule, context)
+
+
+def multiply(layer, rule, context):
+    """A product: with ``multiply="gate"`` a gate (an operand within [0, 1], e.g. a sigmoid) gets
+    no relevance and the signal all of it; with ``"split"`` each factor gets an equal share.
+    A product with a constant (``x * 0.5``) is element-wise and passes relevance through."""
+    count = len(context.nonnegative_inputs)
+    if count == 1:
+        return None
+    if context.multiply == "split":
+        shares = [1.0 / count] * count
+    else:
+        ranges = context.input_ranges or (UNBOUNDED,) * count
+        gates = [is_gate(bounds) for bounds in ranges]
+        if count != 2 or sum(gates) != 1:
+            raise UnsupportedLayerError(
+                f"Layer {describe(layer)} multiplies {count} tensors with value ranges "
+                f"{list(ranges)}: with multiply=\"gate\" exactly one of two factors must be a "
+                "gate (known to lie in [0, 1], e.g. a sigmoid). Use "
+                "tf_dtd.Composite(..., multiply=\"split\") to give each factor an equal share."
+            )
+        shares = [0.0 if gate else 1.0 for gate in gates]
+    return nonlinear_layers.ShareRelevance(shares, name=context.name, dtype=context.dtype)
+
+
+def layer_normalization(layer, rule, context):
+    """LayerNormalization: proportional, with the per-sample standard deviation a constant."""
+    return nonlinear_layers.LayerNormRelevance(layer, name=context.name, dtype=context.dtype)
+
+
+def _operation(layer_class):
+    """A Keras operation node (``a + b``, ``x * 0.5``): with one tensor operand it is element-wise
+    and passes relevance through; with two it is handled like ``layer_class``."""
+
+    def handler(operation, rule, context):
+        if len(context.nonnegative_inputs) == 1:
+            return None
+        if layer_class is None:
+            raise UnsupportedLayerError(
+                f"Operation {describe(operation)} combines {len(context.nonnegative_inputs)} "
+                "tensors; tf_dtd has no relevance rule for it. Replace it by supported layers "
+                "or register a handler with tf_dtd.register_layer_rule."
+            )
+        equivalent = layer_class(name=f"{operation.name}_as_layer", dtype=context.dtype)
+        return find_handler(equivalent)(equivalent, rule, context)
+
+    return handler
 
 
 def _kernel_args(layer, rule, context):
@@ -154,36 +216,62 @@ def dense(layer, rule, context):
 
 def conv(layer, rule, context):
     """ConvND: the composite's rule on the convolution, with the layer's own geometry."""
-    return relevance_layers.ConvRelevance.from_kernel(
-        strides=layer.strides,
-        padding=layer.padding,
-        dilation_rate=layer.dilation_rate,
-        data_format=layer.data_format,
-        **_kernel_args(layer, rule, context),
-    )
+    return relevance_layers.ConvRelevance.from_kernel(**_conv_args(layer, rule, context))
+
+
+def depthwise_conv(layer, rule, context):
+    """DepthwiseConv1D/2D: the composite's rule on the channel-wise convolution."""
+    return relevance_layers.DepthwiseConvRelevance.from_kernel(
+        **_conv_args(layer, rule, context))
+
+
+def conv_transpose(layer, rule, context):
+    """ConvNDTranspose: the composite's rule on the transposed convolution."""
+    return relevance_layers.ConvTransposeRelevance.from_kernel(
+        output_padding=layer.output_padding, **_conv_args(layer, rule, context))
+
+
+def _conv_args(layer, rule, context):
+    return dict(strides=layer.strides, padding=layer.padding,
+                dilation_rate=layer.dilation_rate, data_format=layer.data_format,
+                **_kernel_args(layer, rule, context))
 
 
 def _register_builtins():
     kl = keras.layers
+    operations = operation_classes()
+    scale_layers = application_layers()
     builtins = {
         dense: [kl.Dense],
         conv: [kl.Conv1D, kl.Conv2D, kl.Conv3D],
+        depthwise_conv: [kl.DepthwiseConv1D, kl.DepthwiseConv2D],
+        conv_transpose: [kl.Conv1DTranspose, kl.Conv2DTranspose, kl.Conv3DTranspose],
+        up_sampling: [kl.UpSampling1D, kl.UpSampling2D, kl.UpSampling3D],
+        multiply: [kl.Multiply],
+        layer_normalization: [kl.LayerNormalization],
+        _operation(kl.Add): [operations["Add"]],
+        _operation(kl.Subtract): [operations["Subtract"]],
+        _operation(kl.Multiply): [operations["Multiply"]],
+        _operation(None): [operations["TrueDivide"]],
         pass_through: [
             kl.InputLayer, kl.Activation, kl.Softmax, kl.ReLU, kl.LeakyReLU, kl.ELU, kl.PReLU,
             kl.Dropout, kl.SpatialDropout1D, kl.SpatialDropout2D, kl.SpatialDropout3D,
             kl.GaussianNoise, kl.GaussianDropout, kl.AlphaDropout,
             kl.Rescaling, kl.Normalization,
+            *[scale_layers[n] for n in ("LayerScale",) if n in scale_layers],
         ],
         route: [
             kl.Flatten, kl.Reshape, kl.Permute, kl.Concatenate,
             kl.ZeroPadding1D, kl.ZeroPadding2D, kl.ZeroPadding3D,
             kl.Cropping1D, kl.Cropping2D, kl.Cropping3D,
+            kl.Maximum, kl.Minimum,
         ],
         max_pooling: list(_AVERAGE_OF),
         proportional: [
             kl.AveragePooling1D, kl.AveragePooling2D, kl.AveragePooling3D,
             kl.GlobalAveragePooling1D, kl.GlobalAveragePooling2D, kl.GlobalAveragePooling3D,
-            kl.Add, kl.BatchNormalization,
+            kl.Add, kl.Subtract, kl.Average, kl.BatchNormalization,
+            *[scale_layers[n] for n in ("CustomScaleLayer",) if n in scale_layers],
         ],
     }
     for handler, classes in builtins.items():

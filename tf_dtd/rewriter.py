@@ -56,11 +56,12 @@ def relevance_model(model, rules="deep_taylor_bounded", *, input_range=None, tar
     composite = composites.resolve(rules, input_range)
     traced = graph_lib.trace(model)
     for node in traced.nodes:
-        registry.find_handler(node.layer)
+        if not canonize.is_split(node.layer):  # its parts have handlers
+            registry.find_handler(node.layer)
 
     _check_names(composite, traced)
 
-    forward, original_names = canonize.canonical_model(traced, name=f"{model.name}_canonical")
+    forward, origins = canonize.canonical_model(traced, name=f"{model.name}_canonical")
     canonical = graph_lib.trace(forward)
     namer = graph_lib.UniqueNames(layer.name for layer in forward.layers)
     dtype = _relevance_dtype()
@@ -81,7 +82,7 @@ def relevance_model(model, rules="deep_taylor_bounded", *, input_range=None, tar
         _check_target(target, logits.shape[-1])
         start = TargetRelevance(target, name=namer("target_relevance"), dtype=dtype)(logits)
 
-    walk = _ReverseWalk(canonical, composite, namer, original_names, input_range, dtype)
+    walk = _ReverseWalk(canonical, composite, namer, origins, input_range, dtype)
     relevance = walk.run(start)
     relevance = keras.layers.Activation("linear", dtype=dtype, name=namer("relevance"))(relevance)
     outputs = [relevance, logits] if return_prediction else relevance
@@ -127,15 +128,17 @@ def explain(model, x, rules="deep_taylor_bounded", *, input_range=None, target="
 class _ReverseWalk:
     """Walks the canonical graph backwards, calling each node's handler."""
 
-    def __init__(self, canonical, composite, namer, original_names, input_range, dtype):
+    def __init__(self, canonical, composite, namer, origins, input_range, dtype):
         self.graph = canonical
         self.dtype = dtype
         self.composite = composite
         self.namer = namer
-        self.original_names = original_names
-        self.nonnegative, self.first = _forward_facts(canonical, input_range)
-        kernel_nodes = [id(n) for n in canonical.nodes if analysis.has_kernel(n.layer)]
-        self.positions = {key: (i, len(kernel_nodes)) for i, key in enumerate(kernel_nodes)}
+        self.origins = origins
+        self.ranges, self.first = _forward_facts(canonical, input_range)
+        # Positions count the user's kernel layers (a split SeparableConv is one).
+        kernel_origins = list(dict.fromkeys(
+            id(self.origin(n)) for n in canonical.nodes if analysis.has_kernel(n.layer)))
+        self.positions = {key: (i, len(kernel_origins)) for i, key in enumerate(kernel_origins)}
         self.producers = canonical.producers()
         self.constants = {}
         self.first_kernel_found = False
@@ -155,6 +158,10 @@ class _ReverseWalk:
         self._check_first_kernel_found()
         return self.summed(incoming[self.graph.input_id], "input_sum")
 
+    def origin(self, node):
+        """The user's layer that the canonical ``node`` copies."""
+        return self.origins.get(node.layer.name, node.layer)
+
     def summed(self, tensors, name):
         """Relevance reaching one tensor from several consumers adds up."""
         if len(tensors) == 1:
@@ -163,25 +170,30 @@ class _ReverseWalk:
 
     def node_relevance(self, node, relevance):
         is_first = id(node) in self.first
-        rule = self.composite.rule_for(node.layer, is_first=is_first,
-                                       name=self.original_names.get(node.layer.name),
-                                       position=self.positions.get(id(node)))
+        origin = self.origin(node)
+        position = self.positions.get(id(origin)) if analysis.has_kernel(node.layer) else None
+        rule = self.composite.rule_for(origin, is_first=is_first, position=position)
         if isinstance(rule, rules_lib.Pass):
             return [self.passed(node, relevance)]
         context = registry.HandlerContext(
             name=self.namer(f"{node.layer.name}_relevance"),
             is_first=is_first,
-            nonnegative_inputs=tuple(self.nonnegative.get(i, False) for i in node.inputs),
+            nonnegative_inputs=tuple(self.ranges[i][0] >= 0 for i in node.inputs),
             input_constants=tuple(sorted(rule.input_constants())) if is_first else (),
             dtype=self.dtype,
             max_pooling=self.composite.max_pooling,
+            input_ranges=tuple(self.ranges[i] for i in node.inputs),
+            multiply=self.composite.multiply,
         )
         reverse = registry.find_handler(node.layer)(node.layer, rule, context)
         if reverse is None:
-            if len(node.inputs) != 1:
+            (output_id,) = node.outputs
+            shapes = [tuple(self.graph.tensors[i].shape) for i in (*node.inputs, output_id)]
+            if len(node.inputs) != 1 or shapes[0] != shapes[1]:
                 raise UnsupportedModelError(
                     f"The handler of layer {describe(node.layer)} returned None (pass-through), "
-                    "which only works for layers with one input."
+                    "which only works for layers with one input of the output's shape. "
+                    f"Received: input shapes {shapes[:-1]}, output shape {shapes[-1]}"
                 )
             return [relevance]
         wanted = tuple(getattr(reverse, "constant_inputs", ()))
@@ -254,21 +266,21 @@ class _ReverseWalk:
 
 
 def _forward_facts(canonical, input_range):
-    """Which tensors are ≥ 0, and which nodes read the pixels (through box-carrying layers)."""
-    input_nonnegative = input_range is not None and bool(np.all(input_range[0] >= 0))
-    nonnegative = {canonical.input_id: input_nonnegative}
+    """Bounds of every tensor, and which nodes read the pixels (through box-carrying layers)."""
+    ranges = {canonical.input_id: analysis.UNBOUNDED if input_range is None else (
+        float(np.min(input_range[0])), float(np.max(input_range[1])))}
     carries_pixels = {canonical.input_id}
     first = set()
     for node in canonical.nodes:
-        inputs_nonnegative = [nonnegative.get(i, False) for i in node.inputs]
-        is_nonnegative = analysis.output_nonnegative(node.layer, inputs_nonnegative)
-        nonnegative.update({i: is_nonnegative for i in node.outputs})
+        operands = node.operands([ranges[i] for i in node.inputs])
+        bounds = analysis.output_range(node.layer, operands)
+        ranges.update({i: bounds for i in node.outputs})
         if node.inputs and all(i in carries_pixels for i in node.inputs):
             first.add(id(node))
             if analysis.carries_input_box(node.layer) or analysis.is_increasing_front_end(
                     node.layer):
                 carries_pixels.update(node.outputs)
-    return nonnegative, first
+    return ranges, first
 
 
 def _relevance_dtype():
