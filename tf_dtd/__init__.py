@@ -6,7 +6,7 @@ Example:
     >>> heatmaps = relevance.predict(images)
 """
 
-from tf_dtd import layers, rules
+from tf_dtd import digits, layers, rules
 from tf_dtd.boxes import input_box
 from tf_dtd.composites import PRESETS, Composite
 from tf_dtd.errors import (
@@ -28,6 +28,7 @@ __all__ = [
     "TfDtdError",
     "UnsupportedLayerError",
     "UnsupportedModelError",
+    "digits",
     "explain",
     "input_box",
     "layers",
