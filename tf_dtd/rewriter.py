@@ -52,7 +52,7 @@ def relevance_model(model, rules="deep_taylor_bounded", *, input_range=None, tar
         ...                                    input_range=(0.0, 1.0))
         >>> heatmaps = relevance.predict(images)          # same shape as images
     """
-    input_range = _check_input_range(input_range)
+    input_range = check_input_range(input_range)
     composite = composites.resolve(rules, input_range)
     traced = graph_lib.trace(model)
     for node in traced.nodes:
@@ -134,7 +134,7 @@ class _ReverseWalk:
         self.composite = composite
         self.namer = namer
         self.origins = origins
-        self.ranges, self.first = _forward_facts(canonical, input_range)
+        self.ranges, self.first = forward_facts(canonical, input_range)
         # Positions count the user's kernel layers (a split SeparableConv is one).
         kernel_origins = list(dict.fromkeys(
             id(self.origin(n)) for n in canonical.nodes if analysis.has_kernel(n.layer)))
@@ -265,7 +265,7 @@ class _ReverseWalk:
         )
 
 
-def _forward_facts(canonical, input_range):
+def forward_facts(canonical, input_range):
     """Bounds of every tensor, and which nodes read the pixels (through box-carrying layers)."""
     ranges = {canonical.input_id: analysis.UNBOUNDED if input_range is None else (
         float(np.min(input_range[0])), float(np.max(input_range[1])))}
@@ -299,7 +299,7 @@ def _check_names(composite, traced):
         )
 
 
-def _check_input_range(input_range):
+def check_input_range(input_range):
     if input_range is None:
         return None
     try:

@@ -1,0 +1,248 @@
+"""The ``tf-dtd`` command, run as a user runs it: subprocesses in temporary folders.
+
+Main paths (demo, explain, export, info) and the failure contract — exit status 1, one line on
+stderr, no traceback, no half-written output — run in subprocesses; the remaining failure paths
+call ``tf_dtd.cli.main`` in-process (the same code, without another TensorFlow start-up).
+"""
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+import tf_dtd
+from tf_dtd import cli, digits
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def run(*args, cwd):
+    """``tf-dtd ARGS`` (the installed console script when present, else ``python -m tf_dtd``)."""
+    script = shutil.which("tf-dtd", path=os.path.dirname(sys.executable))
+    command = [script] if script else [sys.executable, "-m", "tf_dtd"]
+    return subprocess.run([*command, *map(str, args)], cwd=cwd, env=ENV, capture_output=True,
+                          text=True, timeout=300)
+
+
+def assert_clean_failure(result, *fragments):
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("tf-dtd: error:")]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A PNG and a JPEG of other sizes and colour modes than the model's, and a .npy batch."""
+    folder = tmp_path_factory.mktemp("inputs")
+    images, _ = digits.load_samples()
+    big = np.kron(images[4, ..., 0], np.ones((2, 2)))  # 64×64
+    rgb = np.stack([big, big * 0.5, big], axis=-1)[:50, :40]  # 50×40 RGB
+    Image.fromarray(np.round(rgb * 255).astype("uint8")).save(folder / "two.png")
+    Image.fromarray(np.round(images[6, ..., 0] * 255).astype("uint8")).resize((20, 20)).save(
+        folder / "three.jpg", quality=95)
+    np.save(folder / "pair.npy", images[:2, 4:28, 4:28])  # 24×24, already model inputs
+    return folder
+
+
+def test_demo_writes_heatmaps_and_prints_predictions(tmp_path):
+    result = run("demo", "--out", "demo", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    files = sorted(os.listdir(tmp_path / "demo"))
+    assert "overview.png" in files and len(files) == 21
+    with Image.open(tmp_path / "demo" / "digit_00_label_0.png") as image:
+        assert image.mode == "P" and image.size == (32, 32)
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("digit_")]
+    assert len(rows) == 20
+    for _, label, predicted, logit, total in rows:
+        assert label == predicted
+        assert float(total) == pytest.approx(float(logit), rel=1e-4)
+
+
+def test_explain_images_and_arrays_of_other_sizes(tmp_path, inputs):
+    result = run("explain", digits.MODEL_PATH, inputs / "two.png", inputs / "three.jpg",
+                 inputs / "pair.npy", "--out", "out", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out"
+    assert sorted(os.listdir(out)) == ["pair_0.png", "pair_1.png", "relevance.npz",
+                                      "summary.csv", "three.png", "two.png"]
+    with np.load(out / "relevance.npz") as saved:
+        relevance, logits = saved["relevance"], saved["logits"]
+        assert list(saved["names"]) == ["two", "three", "pair_0", "pair_1"]
+    assert relevance.shape == (4, 32, 32, 1) and np.all(np.isfinite(relevance))
+    with open(out / "summary.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["file"] for row in rows] == ["two", "three", "pair_0", "pair_1"]
+    for row, heatmap, logit in zip(rows, relevance, logits):
+        assert int(row["explained_class"]) == int(row["predicted_class"]) == logit.argmax()
+        assert float(row["relevance_sum"]) == pytest.approx(heatmap.sum(), rel=1e-5)
+        assert float(row["logit"]) == pytest.approx(logit.max(), rel=1e-5)
+        assert heatmap.sum() == pytest.approx(logit.max(), rel=1e-4)  # deep_taylor_bounded
+    # The .npy samples are model inputs as they are, only resized: same as tf_dtd.explain.
+    expected = tf_dtd.explain(digits.load_model(), _resized(np.load(inputs / "pair.npy")),
+                              input_range=(0.0, 1.0))
+    np.testing.assert_allclose(relevance[2:], expected, rtol=1e-4, atol=1e-6)
+
+
+def _resized(batch):
+    return np.stack([np.asarray(Image.fromarray(s[..., 0]).resize((32, 32), Image.BILINEAR))
+                     for s in batch])[..., None]
+
+
+def test_explain_overlay_target_and_cmap(tmp_path, inputs):
+    result = run("explain", digits.MODEL_PATH, inputs, "--overlay", "--target", "3",
+                 "--cmap", "seismic", "--rules", "lrp_epsilon", "--out", "o", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    with Image.open(tmp_path / "o" / "two.png") as image:
+        assert image.mode == "RGB" and image.size == (32, 32)
+    with open(tmp_path / "o" / "summary.csv") as handle:
+        assert {row["explained_class"] for row in csv.DictReader(handle)} == {"3"}
+
+
+def test_export_then_serve_without_tf_dtd(tmp_path, inputs):
+    result = run("export", digits.MODEL_PATH, "exported", "--input-range", "0", "1",
+                 cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert "[None, 32, 32, 1]" in result.stdout
+    images, _ = digits.load_samples()
+    np.save(tmp_path / "x.npy", images[:3])
+    script = textwrap.dedent("""
+        import sys
+        import numpy as np
+        import tensorflow as tf
+        loaded = tf.saved_model.load("exported")
+        served = loaded.serve(np.load("x.npy")).numpy()
+        assert "tf_dtd" not in sys.modules
+        np.save("served.npy", served)
+    """)
+    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=ENV, check=True,
+                   capture_output=True)
+    expected = tf_dtd.explain(digits.load_model(), images[:3], input_range=(0.0, 1.0))
+    np.testing.assert_allclose(np.load(tmp_path / "served.npy"), expected, rtol=1e-5,
+                               atol=1e-7)
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".tf-dtd-export")]
+
+
+def test_info_lists_layers_and_rules(tmp_path):
+    result = run("info", digits.MODEL_PATH, "--rules", "lrp_epsilon_gamma_box", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    stem = next(line for line in lines if line.startswith("stem_conv"))
+    assert "ZBox" in stem and "[first]" in stem
+    assert "Gamma" in next(line for line in lines if line.startswith("block1_1_conv"))
+    assert "folded" not in result.stdout  # BatchNorm is shown as the layer it is
+    assert lines[-1].endswith("0 unsupported")
+
+
+@pytest.fixture(scope="module")
+def unsupported_model(tmp_path_factory):
+    inputs = keras.Input((32, 32, 1))
+    h = keras.layers.UnitNormalization(name="unit_norm")(keras.layers.Conv2D(2, 3)(inputs))
+    path = tmp_path_factory.mktemp("models") / "unsupported.keras"
+    keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(h))).save(path)
+    return path
+
+
+def test_failures_are_one_line_without_traceback_and_leave_nothing(tmp_path, inputs,
+                                                                  unsupported_model):
+    (tmp_path / "corrupt.keras").write_bytes(b"not a zip file")
+    result = run("explain", "corrupt.keras", inputs / "two.png", "--out", "o", cwd=tmp_path)
+    assert_clean_failure(result, "Cannot read model", "corrupt.keras")
+    assert not (tmp_path / "o").exists()
+
+    result = run("explain", unsupported_model, inputs / "two.png", "--out", "o", cwd=tmp_path)
+    assert_clean_failure(result, "unit_norm", "UnitNormalization")
+    assert not (tmp_path / "o").exists()
+
+    result = run("info", unsupported_model, cwd=tmp_path)
+    assert result.returncode == 1 and "unsupported" in result.stdout
+    assert_clean_failure(result, "unit_norm")
+
+
+def _main(capsys, *args):
+    status = cli.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return status, captured.err
+
+
+@pytest.mark.parametrize("case", ["missing_model", "missing_input", "corrupt_image",
+                                  "bad_array", "not_an_image", "export_folder_taken",
+                                  "export_under_a_file", "export_without_box",
+                                  "bad_input_range"])
+def test_failure_paths(case, tmp_path, inputs, capsys):
+    out = tmp_path / "out"
+    model = digits.MODEL_PATH
+    args = {  # built lazily: each case writes only its own files
+        "missing_model": lambda: ("explain", tmp_path / "nope.keras", inputs / "two.png"),
+        "missing_input": lambda: ("explain", model, tmp_path / "nope.png"),
+        "corrupt_image": lambda: ("explain", model,
+                                  _write(tmp_path / "bad.png", b"\x89PNG broken")),
+        "bad_array": lambda: ("explain", model,
+                              _save(tmp_path / "bad.npy", np.zeros((2, 3, 4, 5)))),
+        "not_an_image": lambda: ("explain", model, _write(tmp_path / "notes.txt", b"hello")),
+        "export_folder_taken": lambda: ("export", model,
+                                        _write(out / "keep.txt", b"mine").parent,
+                                        "--input-range", "0", "1"),
+        "export_under_a_file": lambda: ("export", model,
+                                        _write(tmp_path / "file.txt", b"x") / "exported",
+                                        "--rules", "lrp_z"),
+        "export_without_box": lambda: ("export", model, out, "--rules", "deep_taylor_bounded"),
+        "bad_input_range": lambda: ("explain", model, inputs / "two.png",
+                                    "--input-range", "1", "0"),
+    }[case]()
+    if args[0] == "explain":
+        args = (*args, "--out", out)
+
+    status, err = _main(capsys, *args)
+
+    assert status == 1
+    assert err.startswith("tf-dtd: error:") and err.count("\n") == 1, err
+    if case == "export_folder_taken":
+        assert os.listdir(out) == ["keep.txt"]
+    else:
+        assert not out.exists()
+
+
+def test_read_only_export_folder(tmp_path, capsys):
+    if os.geteuid() == 0:
+        pytest.skip("root ignores folder permissions")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        status, err = _main(capsys, "export", digits.MODEL_PATH, locked / "exported",
+                            "--rules", "lrp_epsilon")
+    finally:
+        locked.chmod(0o700)
+    assert status == 1 and "Permission denied" in err
+    assert os.listdir(locked) == []
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(tf_dtd.TfDtdError):
+        cli.main(["info", str(tmp_path / "nope.keras"), "--debug"])
+
+
+def _write(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _save(path, array):
+    np.save(path, array)
+    return path

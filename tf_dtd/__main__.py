@@ -1,0 +1,7 @@
+"""``python -m tf_dtd ...`` runs the ``tf-dtd`` command."""
+
+import sys
+
+from tf_dtd.cli import main
+
+sys.exit(main())
