@@ -67,8 +67,8 @@ def test_application_rewrites_with_equal_logits(name, preset, built, record_prop
     error = result["conservation"]
     assert np.all(np.isfinite(error))
     record_property("conservation_error_max", float(error.max()))
-    print(f"{name} {preset}: conservation error median {np.median(error):.2e}, "
-          f"max {error.max():.2e}")
+    print(f"{name} {preset}: logit error {result['logit_error']:.1e}, conservation error "
+          f"median {np.median(error):.2e}, max {error.max():.2e}")
     for before, after in zip(weights_before, model.get_weights()):
         np.testing.assert_array_equal(before, after)
 
