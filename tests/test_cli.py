@@ -145,7 +145,8 @@ def test_info_lists_layers_and_rules(tmp_path):
     assert "ZBox" in stem and "[first]" in stem
     assert "Gamma" in next(line for line in lines if line.startswith("block1_1_conv"))
     assert "folded" not in result.stdout  # BatchNorm is shown as the layer it is
-    assert lines[-1].endswith("0 unsupported")
+    assert "24 layers, 0 unsupported" in lines
+    assert "[positive_bias]" in lines[-1]  # the diagnosis follows the table
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,9 @@ Example:
 from tf_dtd import digits, layers, rules
 from tf_dtd.boxes import input_box
 from tf_dtd.composites import PRESETS, Composite
+from tf_dtd.diagnosis import diagnose
 from tf_dtd.errors import (
+    InputRangeWarning,
     InvalidArgumentError,
     TfDtdError,
     UnsupportedLayerError,
@@ -23,11 +25,13 @@ __version__ = "0.1.0"
 __all__ = [
     "Composite",
     "HandlerContext",
+    "InputRangeWarning",
     "InvalidArgumentError",
     "PRESETS",
     "TfDtdError",
     "UnsupportedLayerError",
     "UnsupportedModelError",
+    "diagnose",
     "digits",
     "explain",
     "input_box",

@@ -233,6 +233,11 @@ def _info(args):
           f"rules {args.rules}{note}")
     print(format_plan(records))
     unsupported = [r["name"] for r in records if r["error"]]
+    if not unsupported:
+        from tf_dtd.diagnosis import diagnose, format_findings
+
+        print("\nDeep Taylor assumptions:")
+        print(format_findings(diagnose(model, args.rules, input_range=input_range)))
     if unsupported:
         raise CommandError(f"{len(unsupported)} unsupported layer(s): {', '.join(unsupported)}")
 

@@ -6,6 +6,7 @@
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from tf_dtd import boxes
@@ -87,6 +88,7 @@ class TargetRelevance(keras.layers.Layer):
         if self.target == "input":
             logits, class_ids = inputs
             class_ids = ops.reshape(ops.cast(class_ids, "int32"), (-1,))
+            return _checked_start(logits, class_ids)
         else:
             logits = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
             if self.target == "max":
@@ -100,3 +102,17 @@ class TargetRelevance(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "target": self.target}
+
+
+def _checked_start(logits, class_ids):
+    """``one_hot · logits`` for class ids given at predict time, which must be in range: an
+    out-of-range id raises (an Assert op); where asserts are compiled away (XLA) its sample's
+    relevance is NaN — never a silent all-zero heatmap."""
+    classes = logits.shape[-1]
+    valid = ops.logical_and(class_ids >= 0, class_ids < classes)
+    check = tf.debugging.Assert(
+        ops.all(valid), [f"tf_dtd: class ids must lie in [0, {classes}). Received:", class_ids])
+    with tf.control_dependencies([check]):
+        start = ops.one_hot(class_ids, classes, dtype=logits.dtype) * logits
+    return ops.where(ops.expand_dims(valid, -1), start, ops.full_like(start, float("nan")))
+

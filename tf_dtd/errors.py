@@ -1,4 +1,4 @@
-"""Exceptions raised by tf_dtd. All derive from `TfDtdError`."""
+"""Exceptions and warnings raised by tf_dtd. All errors derive from `TfDtdError`."""
 
 
 class TfDtdError(Exception):
@@ -15,6 +15,10 @@ class UnsupportedModelError(TfDtdError, TypeError):
 
 class InvalidArgumentError(TfDtdError, ValueError):
     """An argument of a tf_dtd function or rule is out of its domain."""
+
+
+class InputRangeWarning(UserWarning):
+    """Inputs lie outside the box given by ``input_range`` (z^B relevance may turn negative)."""
 
 
 def describe(layer):

@@ -7,8 +7,9 @@ stopping at the first such layer.
 
 from tf_dtd import analysis, canonize, composites, registry
 from tf_dtd import graph as graph_lib
+from tf_dtd.checks import check_input_range
 from tf_dtd.errors import UnsupportedLayerError
-from tf_dtd.rewriter import check_input_range, forward_facts
+from tf_dtd.rewriter import forward_facts
 
 __all__ = ["layer_plan", "format_plan"]
 

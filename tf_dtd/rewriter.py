@@ -10,7 +10,7 @@ No layer class is special-cased here.
 import keras
 import numpy as np
 
-from tf_dtd import analysis, boxes, canonize, composites, registry
+from tf_dtd import analysis, boxes, canonize, checks, composites, registry
 from tf_dtd import graph as graph_lib
 from tf_dtd import rules as rules_lib
 from tf_dtd.errors import InvalidArgumentError, UnsupportedModelError, describe
@@ -52,7 +52,7 @@ def relevance_model(model, rules="deep_taylor_bounded", *, input_range=None, tar
         ...                                    input_range=(0.0, 1.0))
         >>> heatmaps = relevance.predict(images)          # same shape as images
     """
-    input_range = check_input_range(input_range)
+    input_range = checks.check_input_range(input_range)
     composite = composites.resolve(rules, input_range)
     traced = graph_lib.trace(model)
     for node in traced.nodes:
@@ -79,7 +79,7 @@ def relevance_model(model, rules="deep_taylor_bounded", *, input_range=None, tar
         start = TargetRelevance("input", name=namer("target_relevance"), dtype=dtype)(
             [logits, class_ids])
     else:
-        _check_target(target, logits.shape[-1])
+        checks.check_target(target, logits.shape[-1])
         start = TargetRelevance(target, name=namer("target_relevance"), dtype=dtype)(logits)
 
     walk = _ReverseWalk(canonical, composite, namer, origins, input_range, dtype)
@@ -97,7 +97,9 @@ def explain(model, x, rules="deep_taylor_bounded", *, input_range=None, target="
     """One call: relevance heatmaps of ``x`` under ``model`` as NumPy arrays.
 
     Takes the arguments of :func:`relevance_model`; ``target`` may also be an array of class ids,
-    one per sample (instead of ``"input"``).
+    one per sample (instead of ``"input"``). A NumPy ``x`` is checked first: numeric, the
+    model's sample shape; an empty batch gives empty results; inputs outside the z^B box of the
+    rules give a :class:`tf_dtd.errors.InputRangeWarning` (z^B relevance can turn negative there).
 
     Example:
         >>> heatmaps = tf_dtd.explain(model, images, input_range=(0.0, 1.0))
@@ -109,19 +111,28 @@ def explain(model, x, rules="deep_taylor_bounded", *, input_range=None, target="
         )
     if np.ndim(target) == 0 and not isinstance(target, str):
         target = int(target) if np.issubdtype(np.asarray(target).dtype, np.integer) else target
+    is_array = not (hasattr(x, "element_spec") or not hasattr(x, "__len__"))
+    if is_array:
+        x = checks.check_batch(x, model)
     class_ids = None
     if not isinstance(target, (str, int)):
-        if hasattr(x, "element_spec") or not hasattr(x, "__len__"):
+        if not is_array:
             raise InvalidArgumentError(
                 "Per-sample class ids need x as an array. For a tf.data dataset use "
                 "relevance_model(..., target='input') and yield ((x, class_ids),) batches. "
                 f"Received: x of type {type(x).__name__}"
             )
-        class_ids = _check_class_ids(target, len(x), model.output_shape[-1])
+        class_ids = checks.check_class_ids(target, len(x), model.output_shape[-1])
         target = "input"
     rel_model = relevance_model(model, rules, input_range=input_range, target=target,
                                 return_prediction=return_prediction, name=name)
-    data = x if class_ids is None else [np.asarray(x), class_ids]
+    if is_array:
+        checks.warn_outside_box(x, composites.resolve(rules, checks.check_input_range(
+            input_range)).first)
+        if len(x) == 0:  # Keras cannot predict on an empty batch
+            empty = [np.zeros((0, *tuple(t.shape[1:])), t.dtype) for t in rel_model.outputs]
+            return empty if return_prediction else empty[0]
+    data = x if class_ids is None else [x, class_ids]
     return rel_model.predict(data, batch_size=batch_size, verbose=verbose)
 
 
@@ -296,56 +307,4 @@ def _check_names(composite, traced):
         raise InvalidArgumentError(
             f"Composite.by_name names layers the model does not have: {sorted(unknown)}. "
             "Layer names of nested models are their own names (model.summary() lists them)."
-        )
-
-
-def check_input_range(input_range):
-    if input_range is None:
-        return None
-    try:
-        low, high = input_range
-        low, high = np.asarray(low, dtype="float64"), np.asarray(high, dtype="float64")
-        low_b, high_b = np.broadcast_arrays(low, high)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(
-            "input_range must be a pair (low, high) of numbers or broadcastable arrays. "
-            f"Received: input_range={input_range!r}"
-        ) from None
-    if np.any(low_b >= high_b):
-        raise InvalidArgumentError(
-            f"input_range needs low < high everywhere. Received: input_range={input_range!r}"
-        )
-    return low, high
-
-
-def _check_class_ids(class_ids, num_samples, num_classes):
-    class_ids = np.asarray(class_ids)
-    if class_ids.ndim != 1 or not np.issubdtype(class_ids.dtype, np.integer):
-        raise InvalidArgumentError(
-            "target must be 'max', an int, or a 1-D integer array of class ids. "
-            f"Received: target of dtype {class_ids.dtype} and shape {class_ids.shape}"
-        )
-    if len(class_ids) != num_samples:
-        raise InvalidArgumentError(
-            f"target needs one class id per sample ({num_samples}). "
-            f"Received: {len(class_ids)} class ids"
-        )
-    if class_ids.size and (class_ids.min() < 0 or class_ids.max() >= num_classes):
-        raise InvalidArgumentError(
-            f"class ids must lie in [0, {num_classes}). Received: min {class_ids.min()}, "
-            f"max {class_ids.max()}"
-        )
-    return class_ids.astype("int32")
-
-
-def _check_target(target, num_classes):
-    if target == "max":
-        return
-    if isinstance(target, bool) or not isinstance(target, (int, np.integer)):
-        raise InvalidArgumentError(
-            f"target must be 'max', 'input' or an int class index. Received: target={target!r}"
-        )
-    if not 0 <= target < num_classes:
-        raise InvalidArgumentError(
-            f"target must be a class index in [0, {num_classes}). Received: target={target}"
         )
