@@ -20,7 +20,7 @@ __all__ = ["relevance_model", "explain"]
 
 
 def relevance_model(model, rules="deep_taylor_bounded", *, input_range=None, target="max",
-                    return_prediction=False, name=None):
+                    return_prediction=False, layers=None, name=None):
     """Clone ``model`` into a Keras model that maps inputs to relevance heatmaps.
 
     Relevance starts at the selected pre-activation logit (a final softmax / sigmoid is
@@ -37,6 +37,11 @@ def relevance_model(model, rules="deep_taylor_bounded", *, input_range=None, tar
             ``"input"``: the model then takes ``[x, class_ids]`` with int ``class_ids`` of shape
             ``(batch,)``.
         return_prediction: also return the logits: outputs ``[relevance, logits]``.
+        layers: names of layers of ``model`` whose relevance to return as well: the relevance
+            arriving at each one's output (from all its readers). The outputs are then a dict
+            ``{"relevance": ..., "layers": {name: ...}}`` (plus ``"logits"`` with
+            ``return_prediction``). A BatchNorm folded into the layer before it, or a removed
+            final softmax, has no relevance of its own: name the layer before it.
         name: name of the relevance model; ``"<model>_relevance"`` by default.
 
     Returns:
@@ -51,6 +56,29 @@ def relevance_model(model, rules="deep_taylor_bounded", *, input_range=None, tar
         >>> relevance = tf_dtd.relevance_model(model, "deep_taylor_bounded",
         ...                                    input_range=(0.0, 1.0))
         >>> heatmaps = relevance.predict(images)          # same shape as images
+    """
+    walk, inputs, logits, relevance = build_walk(model, rules, input_range, target)
+    dtype = walk.dtype
+    relevance = keras.layers.Activation("linear", dtype=dtype, name=walk.namer("relevance"))(
+        relevance)
+    outputs = [relevance, logits] if return_prediction else relevance
+    if layers is not None:
+        outputs = {"relevance": relevance, "layers": walk.relevance_at(layers)}
+        if return_prediction:
+            outputs["logits"] = logits
+    result = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs,
+                         name=name or f"{model.name}_relevance")
+    result.trainable = False
+    return result
+
+
+def build_walk(model, rules, input_range, target):
+    """Trace, canonise and walk ``model`` backwards.
+
+    Returns:
+        ``(walk, inputs, logits, relevance)``: the finished :class:`_ReverseWalk` (it knows the
+        relevance at every node's output and what each node sent to its inputs), the Keras
+        inputs, the logits tensor and the relevance at the model input.
     """
     input_range = checks.check_input_range(input_range)
     composite = composites.resolve(rules, input_range)
@@ -83,13 +111,7 @@ def relevance_model(model, rules="deep_taylor_bounded", *, input_range=None, tar
         start = TargetRelevance(target, name=namer("target_relevance"), dtype=dtype)(logits)
 
     walk = _ReverseWalk(canonical, composite, namer, origins, input_range, dtype)
-    relevance = walk.run(start)
-    relevance = keras.layers.Activation("linear", dtype=dtype, name=namer("relevance"))(relevance)
-    outputs = [relevance, logits] if return_prediction else relevance
-    result = keras.Model(inputs if len(inputs) > 1 else x, outputs,
-                         name=name or f"{model.name}_relevance")
-    result.trainable = False
-    return result
+    return walk, inputs, logits, walk.run(start)
 
 
 def explain(model, x, rules="deep_taylor_bounded", *, input_range=None, target="max",
@@ -153,6 +175,9 @@ class _ReverseWalk:
         self.producers = canonical.producers()
         self.constants = {}
         self.first_kernel_found = False
+        self.rules = {}  # id(node) -> the rule the composite gave the node
+        self.at_output = {}  # id(node) -> relevance arriving at the node's output
+        self.sent = {}  # id(node) -> the relevance the node sends to each of its inputs
 
     def run(self, start):
         """Relevance at the graph input, starting from ``start`` at its output."""
@@ -164,10 +189,29 @@ class _ReverseWalk:
                     "handles layers with one output."
                 )
             relevance = self.summed(incoming.pop(node.outputs[0]), f"{node.layer.name}_sum")
-            for tensor_id, tensor in zip(node.inputs, self.node_relevance(node, relevance)):
+            self.at_output[id(node)] = relevance
+            self.sent[id(node)] = self.node_relevance(node, relevance)
+            for tensor_id, tensor in zip(node.inputs, self.sent[id(node)]):
                 incoming.setdefault(tensor_id, []).append(tensor)
         self._check_first_kernel_found()
         return self.summed(incoming[self.graph.input_id], "input_sum")
+
+    def relevance_at(self, names):
+        """``{name: relevance at the output of the user's layer name}`` (after :meth:`run`)."""
+        last = {}
+        for node in self.graph.nodes:  # a split SeparableConv: its pointwise half comes last
+            last[self.origin(node).name] = node
+        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+            raise InvalidArgumentError(
+                f"layers= takes a list of layer names. Received: layers={names!r}")
+        unknown = [n for n in names if n not in last]
+        if unknown:
+            raise InvalidArgumentError(
+                f"layers= names layers without relevance of their own: {unknown}. A BatchNorm "
+                "folded into the layer before it and a removed final softmax have none; name "
+                "the layer before them (model.summary() lists the names)."
+            )
+        return {name: self.at_output[id(last[name])] for name in names}
 
     def origin(self, node):
         """The user's layer that the canonical ``node`` copies."""
@@ -184,6 +228,7 @@ class _ReverseWalk:
         origin = self.origin(node)
         position = self.positions.get(id(origin)) if analysis.has_kernel(node.layer) else None
         rule = self.composite.rule_for(origin, is_first=is_first, position=position)
+        self.rules[id(node)] = rule
         if isinstance(rule, rules_lib.Pass):
             return [self.passed(node, relevance)]
         context = registry.HandlerContext(
