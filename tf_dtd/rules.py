@@ -49,7 +49,11 @@ def stabilize(z, epsilon, *, relative=False):
         return z
     if relative:
         axes = tuple(range(1, len(z.shape)))
-        epsilon = epsilon * ops.sqrt(ops.mean(ops.square(z), axis=axes, keepdims=True))
+        # m·RMS(z/m) with m = max|z|: squaring z itself overflows (or underflows) float32.
+        peak = ops.max(ops.abs(z), axis=axes, keepdims=True)
+        scaled = ops.divide_no_nan(z, peak)
+        epsilon = epsilon * peak * ops.sqrt(ops.mean(ops.square(scaled), axis=axes,
+                                                      keepdims=True))
     return z + epsilon * (ops.cast(z >= 0, z.dtype) * 2 - 1)
 
 
