@@ -6,7 +6,7 @@ Example:
     >>> heatmaps = relevance.predict(images)
 """
 
-from tf_dtd import digits, layers, rules
+from tf_dtd import digits, evaluate, layers, rules
 from tf_dtd.boxes import input_box
 from tf_dtd.composites import PRESETS, Composite
 from tf_dtd.diagnosis import diagnose
@@ -17,6 +17,7 @@ from tf_dtd.errors import (
     UnsupportedLayerError,
     UnsupportedModelError,
 )
+from tf_dtd.evaluate.quantus import quantus_explain_func
 from tf_dtd.registry import HandlerContext, register_layer_rule
 from tf_dtd.rewriter import explain, relevance_model
 
@@ -33,9 +34,11 @@ __all__ = [
     "UnsupportedModelError",
     "diagnose",
     "digits",
+    "evaluate",
     "explain",
     "input_box",
     "layers",
+    "quantus_explain_func",
     "register_layer_rule",
     "relevance_model",
     "rules",
