@@ -116,6 +116,16 @@ def sample_rngs(x, seed):
     return rngs
 
 
+def per_sample_value(value, x, name):
+    """``value`` broadcast to one sample of the batch ``x``, in ``x``'s dtype."""
+    try:
+        return np.broadcast_to(np.asarray(value, x.dtype), x.shape[1:])
+    except ValueError:
+        raise InvalidArgumentError(
+            f"Expected a {name} that broadcasts to one sample of shape {x.shape[1:]}. "
+            f"Received: {name} of shape {np.shape(value)}") from None
+
+
 def random_baseline(seed=0):
     """An explainer returning uniform noise in ``[0, 1)``: the floor any heatmap should beat.
 
@@ -169,12 +179,7 @@ def integrated_gradients(steps=32, baseline=0.0, *, batch_size=256):
 
     def ig(model, x, targets):
         x, targets, logits = _prepare(model, x, targets)
-        try:
-            base = np.broadcast_to(np.asarray(baseline, x.dtype), x.shape[1:])
-        except ValueError:
-            raise InvalidArgumentError(
-                f"Expected a baseline that broadcasts to one sample of shape {x.shape[1:]}. "
-                f"Received: baseline of shape {np.shape(baseline)}") from None
+        base = per_sample_value(baseline, x, "baseline")
         shape = (-1, *x.shape[1:])
         path = alphas.astype(x.dtype).reshape((steps, 1) + (1,) * (x.ndim - 1))
         gradients = _differentiator(logits, x, batch_size)

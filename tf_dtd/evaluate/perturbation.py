@@ -28,6 +28,7 @@ from tf_dtd.evaluate.baselines import (
     _predictor,
     check_targets,
     logit_model,
+    per_sample_value,
     sample_rngs,
 )
 
@@ -201,13 +202,7 @@ def _replacement(view, fill, fill_value, value_range, seed, region_size):
     if fill == "blur":
         return box_blur(view, region_size)
     if fill == "constant":
-        try:
-            value = np.broadcast_to(np.asarray(fill_value, view.dtype), view.shape[1:])
-        except ValueError:
-            raise InvalidArgumentError(
-                f"Expected fill_value to broadcast to one sample of shape {view.shape[1:]}. "
-                f"Received: fill_value of shape {np.shape(fill_value)}") from None
-        return np.broadcast_to(value, view.shape)
+        return np.broadcast_to(per_sample_value(fill_value, view, "fill_value"), view.shape)
     try:
         low, high = (float(v) for v in value_range)
     except (TypeError, ValueError):
