@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
 import tf_dtd  # noqa: E402
-from tf_dtd import digits  # noqa: E402
+from tf_dtd.app import digits  # noqa: E402
 from tf_dtd.evaluate import baselines, perturbation  # noqa: E402
 
 FILLS = {"noise": dict(fill="uniform"), "zero": dict(fill="constant", fill_value=0.0)}

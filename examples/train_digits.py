@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
-from tf_dtd import digits  # noqa: E402
+from tf_dtd.app import digits  # noqa: E402
 
 L = keras.layers
 SAMPLES_PER_CLASS = 2

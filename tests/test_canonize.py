@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import tf_dtd
-from tf_dtd import canonize, graph, rules
+from tf_dtd import rules
+from tf_dtd.model import canonize, graph
 
 L = keras.layers
 

@@ -2,7 +2,7 @@
 
 Main paths (demo, explain, export, info) and the failure contract — exit status 1, one line on
 stderr, no traceback, no half-written output — run in subprocesses; the remaining failure paths
-call ``tf_dtd.cli.main`` in-process (the same code, without another TensorFlow start-up).
+call ``tf_dtd.app.cli.main`` in-process (the same code, without another TensorFlow start-up).
 """
 
 import csv
@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 import tf_dtd
-from tf_dtd import cli, digits
+from tf_dtd.app import cli, digits
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import tf_dtd
-from tf_dtd.evaluate.conservation import conservation_report, format_report
+from tf_dtd.report.conservation import conservation_report, format_report
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import tf_dtd
-from tf_dtd import digits
+from tf_dtd.app import digits
 
 # Measured on the 449 held-out digits (float32, CPU): deep_taylor_bounded max 2.3e-7, median
 # 6e-8. z⁺ / z^B leave biases out of their shares, so the chain conserves up to rounding.

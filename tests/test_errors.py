@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import tf_dtd
-from tf_dtd import layers as relevance_layers
+from tf_dtd.relevance import layers as relevance_layers
 
 L = keras.layers
 

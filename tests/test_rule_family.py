@@ -25,7 +25,7 @@ from test_rules import (  # helpers only: importing test_* functions would run t
 
 import tf_dtd
 from tf_dtd import rules
-from tf_dtd.layers import ConvRelevance, DenseRelevance
+from tf_dtd.relevance.layers import ConvRelevance, DenseRelevance
 
 L = keras.layers
 

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 import tf_dtd
 from tf_dtd import rules
-from tf_dtd.layers import ConvRelevance, DenseRelevance
+from tf_dtd.relevance.layers import ConvRelevance, DenseRelevance
 
 BATCH = 2
 

@@ -6,10 +6,10 @@ Example:
     >>> heatmaps = relevance.predict(images)
 """
 
-from tf_dtd import digits, evaluate, layers, rules
+from tf_dtd import evaluate, rules
+from tf_dtd.app import digits
 from tf_dtd.boxes import input_box
 from tf_dtd.composites import PRESETS, Composite
-from tf_dtd.diagnosis import diagnose
 from tf_dtd.errors import (
     InputRangeWarning,
     InvalidArgumentError,
@@ -18,8 +18,10 @@ from tf_dtd.errors import (
     UnsupportedModelError,
 )
 from tf_dtd.evaluate.quantus import quantus_explain_func
-from tf_dtd.registry import HandlerContext, register_layer_rule
-from tf_dtd.rewriter import explain, relevance_model
+from tf_dtd.relevance import layers
+from tf_dtd.relevance.registry import HandlerContext, register_layer_rule
+from tf_dtd.relevance.rewriter import explain, relevance_model
+from tf_dtd.report.diagnosis import diagnose
 
 __version__ = "0.1.0"
 

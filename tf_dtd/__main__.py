@@ -2,6 +2,6 @@
 
 import sys
 
-from tf_dtd.cli import main
+from tf_dtd.app.cli import main
 
 sys.exit(main())

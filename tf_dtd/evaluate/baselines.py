@@ -24,11 +24,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_dtd import canonize, checks
-from tf_dtd import graph as graph_lib
-from tf_dtd.analysis import activation_name
+from tf_dtd import checks
 from tf_dtd.errors import InvalidArgumentError
-from tf_dtd.rewriter import explain
+from tf_dtd.model import canonize
+from tf_dtd.model import graph as graph_lib
+from tf_dtd.model.analysis import activation_name
+from tf_dtd.relevance.rewriter import explain
 
 __all__ = [
     "logit_model", "predict_logits", "check_targets", "sample_rngs", "random_baseline",

@@ -17,9 +17,9 @@ import warnings
 import keras
 import numpy as np
 
-from tf_dtd.analysis import has_kernel
 from tf_dtd.errors import InvalidArgumentError
 from tf_dtd.evaluate.baselines import _check_x, check_targets, predict_logits
+from tf_dtd.model.analysis import has_kernel
 
 __all__ = ["randomization_check", "gaussian_reinitialization", "spearman", "ssim"]
 

@@ -11,9 +11,9 @@ layers are never touched.
 import keras
 import numpy as np
 
-from tf_dtd.analysis import activation_name
 from tf_dtd.errors import TfDtdError, describe
-from tf_dtd.graph import UniqueNames
+from tf_dtd.model.analysis import activation_name
+from tf_dtd.model.graph import UniqueNames
 
 __all__ = ["canonical_model", "is_split"]
 

@@ -15,7 +15,7 @@ import keras
 from keras import ops
 
 from tf_dtd.errors import InvalidArgumentError
-from tf_dtd.layers import ProportionalRelevance, _RelevanceLayer
+from tf_dtd.relevance.layers import ProportionalRelevance, _RelevanceLayer
 
 __all__ = ["ShareRelevance", "LayerNormRelevance"]
 

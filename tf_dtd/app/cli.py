@@ -22,9 +22,9 @@ import tempfile
 
 import numpy as np
 
+from tf_dtd.app.inputs import PREPROCESSING
 from tf_dtd.composites import PRESETS
 from tf_dtd.errors import TfDtdError
-from tf_dtd.inputs import PREPROCESSING
 from tf_dtd.visualize import COLORMAPS
 
 __all__ = ["main"]
@@ -116,7 +116,8 @@ def _target(value):
 
 def _demo(args):
     import tf_dtd
-    from tf_dtd import digits, visualize
+    from tf_dtd import visualize
+    from tf_dtd.app import digits
 
     model = digits.load_model()
     images, labels = digits.load_samples()
@@ -151,7 +152,8 @@ def _demo(args):
 
 def _explain(args):
     import tf_dtd
-    from tf_dtd import inputs, visualize
+    from tf_dtd import visualize
+    from tf_dtd.app import inputs
 
     if args.batch_size < 1:
         raise CommandError(f"--batch-size must be >= 1. Received: {args.batch_size}")
@@ -221,7 +223,7 @@ def _export(args):
 
 
 def _info(args):
-    from tf_dtd.plan import format_plan, layer_plan
+    from tf_dtd.relevance.plan import format_plan, layer_plan
 
     model = _load_model(args.model)
     input_range = args.input_range
@@ -234,7 +236,7 @@ def _info(args):
     print(format_plan(records))
     unsupported = [r["name"] for r in records if r["error"]]
     if not unsupported:
-        from tf_dtd.diagnosis import diagnose, format_findings
+        from tf_dtd.report.diagnosis import diagnose, format_findings
 
         print("\nDeep Taylor assumptions:")
         print(format_findings(diagnose(model, args.rules, input_range=input_range)))

@@ -34,7 +34,7 @@ __all__ = [
 IMAGE_SIZE = 32
 INPUT_RANGE = (0.0, 1.0)
 SEED = 0
-_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 MODEL_PATH = os.path.join(_DATA, "digits_resnet.keras")
 SAMPLES_PATH = os.path.join(_DATA, "digits_samples.npz")
 

@@ -8,9 +8,9 @@ sums per layer on real inputs and says, where it can be told, why they differ.
 import keras
 import numpy as np
 
-from tf_dtd import analysis
 from tf_dtd import rules as rules_lib
-from tf_dtd.rewriter import build_walk
+from tf_dtd.model import analysis
+from tf_dtd.relevance.rewriter import build_walk
 
 __all__ = ["conservation_report", "format_report"]
 
@@ -36,7 +36,7 @@ def conservation_report(model, x, rules="deep_taylor_bounded", *, input_range=No
         ``reason``: why relevance leaks there, or ``None`` when it is conserved.
 
     Example:
-        >>> report = tf_dtd.evaluate.conservation_report(model, images, "lrp_epsilon")
+        >>> report = tf_dtd.report.conservation_report(model, images, "lrp_epsilon")
         >>> print(tf_dtd.evaluate.format_report(report))
     """
     walk, inputs, _, _ = build_walk(model, rules, input_range, target)

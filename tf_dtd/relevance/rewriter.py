@@ -2,7 +2,7 @@
 
 :func:`relevance_model` traces the user's model (:mod:`tf_dtd.graph`), checks that every layer
 has a handler, builds a canonical copy (:mod:`tf_dtd.canonize`), then walks the copy backwards:
-each node's handler (:mod:`tf_dtd.registry`) returns the layer that carries relevance from the
+each node's handler (:mod:`tf_dtd.relevance.registry`) returns the layer that carries relevance from the
 node's output to its inputs; relevance arriving at one tensor from several consumers is summed.
 No layer class is special-cased here.
 """
@@ -10,11 +10,13 @@ No layer class is special-cased here.
 import keras
 import numpy as np
 
-from tf_dtd import analysis, boxes, canonize, checks, composites, registry
-from tf_dtd import graph as graph_lib
+from tf_dtd import boxes, checks, composites
 from tf_dtd import rules as rules_lib
 from tf_dtd.errors import InvalidArgumentError, UnsupportedModelError, describe
-from tf_dtd.layers import InputConstant, KernelRelevance, TargetRelevance
+from tf_dtd.model import analysis, canonize
+from tf_dtd.model import graph as graph_lib
+from tf_dtd.relevance import registry
+from tf_dtd.relevance.layers import InputConstant, KernelRelevance, TargetRelevance
 
 __all__ = ["relevance_model", "explain"]
 

@@ -5,11 +5,13 @@ relevance layer and computes no modified weight, so it also lists what is unsupp
 stopping at the first such layer.
 """
 
-from tf_dtd import analysis, canonize, composites, registry
-from tf_dtd import graph as graph_lib
+from tf_dtd import composites
 from tf_dtd.checks import check_input_range
 from tf_dtd.errors import UnsupportedLayerError
-from tf_dtd.rewriter import forward_facts
+from tf_dtd.model import analysis, canonize
+from tf_dtd.model import graph as graph_lib
+from tf_dtd.relevance import registry
+from tf_dtd.relevance.rewriter import forward_facts
 
 __all__ = ["layer_plan", "format_plan"]
 
@@ -31,7 +33,7 @@ def layer_plan(model, rules="deep_taylor_bounded", *, input_range=None):
         (it reads the pixels) and ``error`` (why it is unsupported, else ``None``).
 
     Example:
-        >>> for record in tf_dtd.plan.layer_plan(model, "lrp_epsilon"):
+        >>> for record in tf_dtd.relevance.plan.layer_plan(model, "lrp_epsilon"):
         ...     print(record["name"], record["rule"])
     """
     input_range = check_input_range(input_range)

@@ -13,11 +13,11 @@ import dataclasses
 import keras
 from keras import ops
 
-from tf_dtd import layers as relevance_layers
-from tf_dtd import nonlinear_layers
-from tf_dtd.analysis import UNBOUNDED, activation_name, is_gate
 from tf_dtd.errors import InvalidArgumentError, UnsupportedLayerError, describe
-from tf_dtd.graph import application_layers, operation_classes
+from tf_dtd.model.analysis import UNBOUNDED, activation_name, is_gate
+from tf_dtd.model.graph import application_layers, operation_classes
+from tf_dtd.relevance import layers as relevance_layers
+from tf_dtd.relevance import nonlinear_layers
 
 __all__ = ["HandlerContext", "register_layer_rule", "find_handler"]
 
@@ -62,7 +62,7 @@ def register_layer_rule(layer_class, handler):
     Args:
         layer_class: a Keras layer (or operation) class.
         handler: ``handler(layer, rule, context) -> keras.layers.Layer | None``; see
-            :mod:`tf_dtd.registry`. The layer it returns must be serialisable (``get_config``)
+            :mod:`tf_dtd.relevance.registry`. The layer it returns must be serialisable (``get_config``)
             for the relevance model to be saved.
 
     Example:

@@ -12,8 +12,8 @@ import tensorflow as tf
 from keras import ops
 
 from tf_dtd import rules as rules_lib
-from tf_dtd.endpoints import InputConstant, TargetRelevance, constant_initializer
 from tf_dtd.errors import InvalidArgumentError
+from tf_dtd.relevance.endpoints import InputConstant, TargetRelevance, constant_initializer
 
 __all__ = [
     "KernelRelevance",

@@ -10,9 +10,11 @@ import dataclasses
 import keras
 import numpy as np
 
-from tf_dtd import analysis, canonize, checks, composites, plan
-from tf_dtd import graph as graph_lib
+from tf_dtd import checks, composites
 from tf_dtd import rules as rules_lib
+from tf_dtd.model import analysis, canonize
+from tf_dtd.model import graph as graph_lib
+from tf_dtd.relevance import plan
 
 __all__ = ["Finding", "diagnose", "format_findings"]
 

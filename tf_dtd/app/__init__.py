@@ -1,0 +1,1 @@
+"""Stage 5, applications: the ``tf-dtd`` command, image inputs and the shipped digits model."""

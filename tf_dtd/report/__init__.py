@@ -1,0 +1,1 @@
+"""Stage 3, reports on a relevance model: layer plans, Deep Taylor diagnosis, conservation."""
