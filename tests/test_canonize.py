@@ -1,8 +1,8 @@
-"""The canonical copy: BatchNorm folded into every linear layer kind, SeparableConv split.
+"""The canonical copy: BatchNorm folded into every linear layer kind, SeparableConv one layer.
 
-Folding must keep the logits, and a split SeparableConv must stay one layer to the composite:
-``by_name`` / ``by_type`` reach both halves, ``first`` only the depthwise half that reads the
-pixels, and ``by_index`` counts it once.
+Folding must keep the logits, and a SeparableConv is one linear map to the composite (computed
+as depthwise then pointwise, explained with the fused kernel): ``by_name`` / ``by_type`` /
+``first`` give it one rule, and ``by_index`` counts it once.
 """
 
 import keras
@@ -48,7 +48,7 @@ def test_batch_norm_folds_into_every_linear_layer_kind(kind):
     _randomise_batch_norm(model, rng)
     images = rng.normal(size=(3,) + shape).astype("float32")
 
-    canonical, _ = canonize.canonical_model(graph.trace(model), name="canonical")
+    canonical = canonize.canonical_model(graph.trace(model), name="canonical").model
 
     assert not any(isinstance(layer, L.BatchNormalization) for layer in canonical.layers)
     np.testing.assert_allclose(canonical.predict(images, verbose=0),
@@ -67,37 +67,38 @@ def _rule_of(relevance_model, name):
     return relevance_model.get_layer(f"{name}_relevance").rule
 
 
-def test_separable_conv_is_split_into_two_linear_layers_with_the_separable_rule():
+def test_separable_conv_is_one_linear_layer_with_the_separable_rule():
     model = _separable_model()
     composite = tf_dtd.Composite(default=rules.Z(), first=rules.ZBox(-1.0, 1.0),
                                  by_type={L.SeparableConv2D: rules.Gamma(0.5)})
 
     relevance_model = tf_dtd.relevance_model(model, composite)
 
-    assert isinstance(_rule_of(relevance_model, "sep_depthwise"), rules.ZBox)  # reads pixels
-    assert _rule_of(relevance_model, "sep_pointwise") == rules.Gamma(0.5)
+    assert isinstance(_rule_of(relevance_model, "sep"), rules.ZBox)  # reads the pixels
     assert _rule_of(relevance_model, "conv") == rules.Z()
+    assert not [layer.name for layer in relevance_model.layers
+                if "depthwise" in layer.name or "pointwise" in layer.name]
 
+    relevance_model = tf_dtd.relevance_model(
+        model, tf_dtd.Composite(default=rules.Z(), by_type={L.SeparableConv2D: rules.Gamma(0.5)}))
+    assert _rule_of(relevance_model, "sep") == rules.Gamma(0.5)
     by_name = tf_dtd.Composite(default=rules.Z(), by_name={"sep": rules.ZPlus()})
-    relevance_model = tf_dtd.relevance_model(model, by_name)
-    assert _rule_of(relevance_model, "sep_depthwise") == rules.ZPlus()
-    assert _rule_of(relevance_model, "sep_pointwise") == rules.ZPlus()
+    assert _rule_of(tf_dtd.relevance_model(model, by_name), "sep") == rules.ZPlus()
 
 
-def test_split_separable_conv_counts_once_in_by_index():
-    model = _separable_model()  # kernel layers: sep (split in two), conv, dense
+def test_separable_conv_counts_once_in_by_index():
+    model = _separable_model()  # kernel layers: sep, conv, dense
     composite = tf_dtd.Composite(default=rules.Z(), by_index={1: rules.ZPlus(),
                                                               -1: rules.Epsilon(0.5)})
 
     relevance_model = tf_dtd.relevance_model(model, composite)
 
-    assert _rule_of(relevance_model, "sep_depthwise") == rules.Z()
-    assert _rule_of(relevance_model, "sep_pointwise") == rules.Z()
+    assert _rule_of(relevance_model, "sep") == rules.Z()
     assert _rule_of(relevance_model, "conv") == rules.ZPlus()
     assert _rule_of(relevance_model, "dense") == rules.Epsilon(0.5)
 
 
-def test_split_separable_conv_keeps_lrp_zero_equal_to_gradient_times_input():
+def test_separable_conv_keeps_lrp_zero_equal_to_gradient_times_input():
     import tensorflow as tf
 
     model = _separable_model()

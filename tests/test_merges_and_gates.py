@@ -3,7 +3,7 @@
 Subtract, Average, Maximum, Minimum, InceptionResNetV2's CustomScaleLayer and Keras operation
 nodes (``x + 3.0``, ``a - b``); ConvNeXt's LayerScale; LayerNormalization (σ constant, Ali et al.
 2022); element-wise activations; Multiply as a squeeze-and-excitation gate or split — each
-against a float64 NumPy reference written here (see ``layer_references``).
+against a float64 NumPy reference written here (see ``references.py``).
 """
 
 
@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from keras.src.applications.convnext import LayerScale
 from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
-from layer_references import (  # reference machinery, no tests
+from references import (
     BATCH,
     CLASSES,
-    STABILISER,
     TARGET,
     L,
     assert_matches,
+    conv_matrix,
     explain,
     flat,
     gradient_times_input,
@@ -32,10 +32,8 @@ from layer_references import (  # reference machinery, no tests
     proportional_step,
     randomize,
     rule_step,
-    sign,
     split_rows,
 )
-from test_rules import conv_matrix  # helpers only
 
 import tf_dtd
 from tf_dtd import rules
@@ -120,8 +118,8 @@ def test_merge_reference_lrp0_is_gradient_times_input(kind):
 
 @pytest.mark.parametrize("kind", MERGE_CASES)
 def test_merge(kind):
-    """Proportional: ``R_k = c_k x_k · R / (z + 1e-9 sign z)``; Maximum / Minimum: all of R to the
-    operand attaining it, the first one (in call order) on exact ties."""
+    """LRP-0: ``R_k = c_k x_k · R / z``; Maximum / Minimum: all of R to the operand attaining
+    it, the first one (in call order) on exact ties."""
     n, coefficients = MERGE_CASES[kind]
     model = head_model(merge_body(kind, n), (n, FEATURES), seed=8)
     x = merge_input(kind, n, np.random.default_rng(9))
@@ -134,13 +132,15 @@ def test_merge(kind):
 
 @pytest.mark.parametrize("kind", ["subtract", "average", "custom_scale", "op_add"])
 def test_merge_zero_operands_give_zero(kind):
-    """Where every operand is 0 (z = 0, no contribution) the operands get 0, never NaN. The head
-    uses w² (``R_i = w_it² / Σ w² · R_t``), so relevance does arrive at those outputs."""
+    """Under LRP-0, where every operand is 0 (z = 0, no contribution) the operands get 0, never
+    NaN. The head uses w² (``R_i = w_it² / Σ w² · R_t``), so relevance does arrive at those
+    outputs."""
     n, coefficients = MERGE_CASES[kind]
     model = head_model(merge_body(kind, n), (n, FEATURES), seed=8)
     x = merge_input(kind, n, np.random.default_rng(9))
     x[:, :, :2] = 0.0
-    actual = explain(model, tf_dtd.Composite(default=rules.WSquare()), x)
+    actual = explain(model, tf_dtd.Composite(default=rules.Z(),
+                                             by_type={L.Dense: rules.WSquare()}), x)
     w2 = head_kernel(model).astype("float64")[:, TARGET] ** 2
     logit = np.asarray(model(x))[:, TARGET].astype("float64")
     r = w2[None, :] / w2.sum() * logit[:, None]
@@ -188,7 +188,7 @@ def layer_norm_terms(x, gamma, beta, epsilon):
             sl = slice(t * n, (t + 1) * n)
             z_ij[b, sl, sl] = x[b, t][:, None] * block * gamma[None, :] / sigma[b, t]
     z_j = z_ij.sum(axis=1) + np.tile(beta, rows)
-    return z_ij, z_j + STABILISER * sign(z_j)
+    return z_ij, z_j
 
 
 def layer_norm_model(zero_beta, seed=14):

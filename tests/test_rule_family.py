@@ -11,13 +11,19 @@ validation of the hyper-parameters, serialisation, and the Pass rule in a compos
 import keras
 import numpy as np
 import pytest
-from test_rules import (  # helpers only: importing test_* functions would run them twice
+from references import (
     BATCH,
     CASES,
     assert_close,
+    connectivity,
     conv_matrix,
-    dense_matrix,
     flat,
+    ref_alpha_beta,
+    ref_alpha_beta_conserving,
+    ref_epsilon_relative,
+    ref_flat,
+    ref_gamma,
+    ref_gamma_classic,
     reference,
     relevance_layer,
     setup_case,
@@ -28,60 +34,6 @@ from tf_dtd import rules
 from tf_dtd.relevance.layers import ConvRelevance, DenseRelevance
 
 L = keras.layers
-
-
-# --- Independent float64 reference of the new rules ---
-
-def _safe_ratio(r, z):
-    """R_j / z_j with zero where z_j = 0 (an empty denominator contributes nothing)."""
-    return np.where(z == 0, 0.0, r / np.where(z == 0, 1.0, z))
-
-
-def ref_gamma(x, m, b, r, gamma):
-    """LRP-γ: z_ij = a_i (w_ij + γ w⁺_ij), z_j = Σ_i z_ij + b_j + γ b⁺_j."""
-    w = m + gamma * np.maximum(m, 0.0)
-    z_ij = x[:, :, None] * w[None]
-    z_j = z_ij.sum(axis=1) + (b + gamma * np.maximum(b, 0.0))
-    return (z_ij * _safe_ratio(r, z_j)[:, None, :]).sum(axis=2)
-
-
-def ref_alpha_beta(x, m, b, r, alpha, beta):
-    """LRP-αβ with separate denominators; b⁺ only in the positive, b⁻ only in the negative one."""
-    a_pos, a_neg = np.maximum(x, 0.0)[:, :, None], np.minimum(x, 0.0)[:, :, None]
-    w_pos, w_neg = np.maximum(m, 0.0)[None], np.minimum(m, 0.0)[None]
-    zp_ij = a_pos * w_pos + a_neg * w_neg  # (a·w)⁺
-    zn_ij = a_pos * w_neg + a_neg * w_pos  # (a·w)⁻
-    zp_j = zp_ij.sum(axis=1) + np.maximum(b, 0.0)
-    zn_j = zn_ij.sum(axis=1) + np.minimum(b, 0.0)
-    positive = (zp_ij * _safe_ratio(r, zp_j)[:, None, :]).sum(axis=2)
-    negative = (zn_ij * _safe_ratio(r, zn_j)[:, None, :]).sum(axis=2)
-    return alpha * positive - beta * negative
-
-
-def ref_flat(c, r):
-    """Flat: z_ij = 1 for the inputs i that feed j (connectivity c_ij ∈ {0, 1}), z_j = Σ_i c_ij."""
-    z_j = c.sum(axis=0)
-    return (c[None] * _safe_ratio(r, z_j[None])[:, None, :]).sum(axis=2)
-
-
-def ref_epsilon_relative(x, m, b, r, epsilon):
-    """ε_sample = epsilon · sqrt(mean_j z_j²); z_j + ε_sample · sign(z_j), sign(0) = +1."""
-    z_ij = x[:, :, None] * m[None]
-    z_j = z_ij.sum(axis=1) + b
-    eps = epsilon * np.sqrt(np.mean(z_j**2, axis=1, keepdims=True))
-    den = z_j + eps * np.where(z_j >= 0, 1.0, -1.0)
-    return (z_ij * _safe_ratio(r, den)[:, None, :]).sum(axis=2)
-
-
-def connectivity(name):
-    """c_ij = 1 where input position i feeds output j (zero padding and other groups excluded)."""
-    layer, kernel, _, _, _, _ = setup_case(name, False)
-    in_shape = CASES[name][2]
-    ones = np.ones(kernel.shape)
-    if isinstance(layer, L.Dense):
-        return dense_matrix(ones, in_shape)[0]
-    return conv_matrix(ones, in_shape, layer.strides, layer.padding, layer.dilation_rate,
-                       layer.groups)[0]
 
 
 def mask_ill_conditioned(r, x, m, b, tol):
@@ -99,16 +51,16 @@ def mask_ill_conditioned(r, x, m, b, tol):
 
 LAYER_CASES = list(CASES)  # Dense 2d/3d, Conv1D, Conv2D (strided/same/dilated/groups), Conv3D
 
-RULE_CASES = ["gamma0.25", "gamma1", "alphabeta2_1", "alphabeta1_0", "alphabeta3_2", "flat",
-              "epsilon_relative"]
+RULE_CASES = ["gamma0.25", "gamma1", "alphabeta2_1", "alphabeta1_0", "alphabeta3_2",
+              "alphabeta2_1_nobias", "alphabeta1_0_nobias", "flat", "epsilon_relative"]
 
 
 def make_rule(rule_case):
     if rule_case.startswith("gamma"):
         return rules.Gamma(float(rule_case[5:]))
     if rule_case.startswith("alphabeta"):
-        alpha, beta = (float(v) for v in rule_case[9:].split("_"))
-        return rules.AlphaBeta(alpha, beta)
+        alpha, beta = (float(v) for v in rule_case[9:].split("_")[:2])
+        return rules.AlphaBeta(alpha, beta, bias=not rule_case.endswith("_nobias"))
     if rule_case == "flat":
         return rules.Flat()
     return rules.Epsilon(0.25, relative=True)
@@ -117,13 +69,13 @@ def make_rule(rule_case):
 def expected_relevance(rule_case, name, x, m, b, r):
     """The float64 reference, after masking ill-conditioned outputs of the signed-sum rules."""
     if rule_case.startswith("gamma"):
-        gamma = float(rule_case[5:])
-        m_gamma = m + gamma * np.maximum(m, 0.0)
-        b_gamma = b + gamma * np.maximum(b, 0.0)
-        r = mask_ill_conditioned(r, x, m_gamma, b_gamma, 0.05)
-        return r, ref_gamma(x, m, b, r, gamma)
+        # the sign of the plain z_j picks the formula: mask where float32 could pick the other
+        r = mask_ill_conditioned(r, x, m, b, 1e-3)
+        return r, ref_gamma(x, m, b, r, float(rule_case[5:]))
     if rule_case.startswith("alphabeta"):
-        alpha, beta = (float(v) for v in rule_case[9:].split("_"))
+        alpha, beta = (float(v) for v in rule_case[9:].split("_")[:2])
+        if rule_case.endswith("_nobias"):
+            return r, ref_alpha_beta_conserving(x, m, r, alpha, beta, connectivity(name))
         return r, ref_alpha_beta(x, m, b, r, alpha, beta)
     if rule_case == "flat":
         return r, ref_flat(connectivity(name), r)
@@ -189,7 +141,8 @@ def test_alpha_beta_bias_goes_to_its_own_denominator():
 
 
 def test_alpha_beta_empty_negative_part_contributes_zero():
-    """All contributions positive, no bias: z⁻ = 0, the β part is zero, never NaN."""
+    """All contributions positive, no bias: z⁻ = 0, the β part of Bach's form is zero, never
+    NaN; without bias the β part's −R is spread flat instead, and relevance is conserved."""
     kernel = np.abs(setup_case("conv2d_same_dilated", False)[1])
     x = np.abs(make_data("conv2d_same_dilated", seed=13)[0]) + 0.1
     r = np.ones((BATCH, 6, 6, 3), "float32")
@@ -202,6 +155,32 @@ def test_alpha_beta_empty_negative_part_contributes_zero():
     expected = 2.0 * reference("z", flat(x), np.abs(m), 0.0, flat(r)).reshape(x.shape)
     assert_close(actual, expected)
     np.testing.assert_allclose(actual.sum(), 2.0 * r.sum(), rtol=1e-5)
+    conserving = ConvRelevance.from_kernel(rules.AlphaBeta(2, 1, bias=False), kernel, None,
+                                           strides=(1, 1), padding="same", dilation_rate=(2, 2))
+    actual = np.asarray(conserving([x, r]))
+    c = connectivity("conv2d_same_dilated")
+    spread = flat(r) @ (c / c.sum(axis=0)).T
+    assert_close(actual, expected - spread.reshape(x.shape))
+    np.testing.assert_allclose(actual.sum(), r.sum(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("use_bias", [False, True])
+@pytest.mark.parametrize("name", LAYER_CASES)
+def test_generalised_gamma_is_classic_gamma_for_nonnegative_inputs_and_outputs(name, use_bias):
+    """On inputs ≥ 0 and units with z_j ≥ 0 the sign-aware γ is a_i (w_ij + γ w⁺_ij); on signed
+    inputs the two forms differ (so the reference can tell them apart)."""
+    _, kernel, bias, m, b, _ = setup_case(name, use_bias)
+    x, r = make_data(name, seed=14)
+    positive = np.abs(x)
+    up = (flat(positive) @ m + b >= 0).astype("float32")
+    r_up = (flat(np.abs(r)) * up).reshape(r.shape).astype("float32")
+    layer = relevance_layer(name, rules.Gamma(0.5), kernel, bias)
+    expected = ref_gamma_classic(flat(positive), m, b, flat(r_up), 0.5).reshape(x.shape)
+    assert_close(np.asarray(layer([positive, r_up])), expected)
+    r_all = np.abs(r)
+    signed = ref_gamma(flat(x), m, b, flat(r_all), 0.5)
+    classic = ref_gamma_classic(flat(x), m, b, flat(r_all), 0.5)
+    assert np.abs(signed - classic).max() > 1e-3 * np.abs(signed).max()
 
 
 def test_flat_ignores_inputs_and_bias_and_conserves():

@@ -1,151 +1,31 @@
 """Every rule of tf_dtd.rules against a float64 NumPy reference written the way the papers write it.
 
 A linear layer (Dense or ConvND) is turned into its dense matrix ``M`` (flattened input sample ×
-flattened output sample) by explicit loops over output positions and kernel offsets. Then every
-rule is the paper formula: contributions ``z_ij``, denominators ``z_j``, and
-``R_i = Σ_j z_ij / z_j · R_j`` (a zero denominator contributes zero).
+flattened output sample) by explicit loops over output positions and kernel offsets
+(``references.py``). Then every rule is the paper formula: contributions ``z_ij``, denominators
+``z_j``, and ``R_i = Σ_j z_ij / z_j · R_j``; a zero denominator contributes zero under LRP-0/ε
+and spreads its relevance flat over the receptive field under the Deep Taylor rules.
 """
 
-import functools
-import zlib
-
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from references import (
+    BATCH,
+    CASES,
+    assert_close,
+    assert_layer_roundtrip,
+    connectivity,
+    flat,
+    flat_fallback,
+    reference,
+    relevance_layer,
+    setup_case,
+)
 
 import tf_dtd
 from tf_dtd import rules
 from tf_dtd.relevance.layers import ConvRelevance, DenseRelevance
-
-BATCH = 2
-
-# name -> (keras layer class, constructor kwargs, input sample shape)
-CASES = {
-    "dense_2d": (keras.layers.Dense, dict(units=5), (7,)),
-    "dense_3d": (keras.layers.Dense, dict(units=4), (3, 5)),
-    "conv1d_causal_dilated": (
-        keras.layers.Conv1D, dict(filters=3, kernel_size=3, padding="causal", dilation_rate=2),
-        (9, 2)),
-    "conv1d_same_strided": (
-        keras.layers.Conv1D, dict(filters=3, kernel_size=3, strides=2, padding="same"), (8, 3)),
-    "conv2d_valid_strided": (
-        keras.layers.Conv2D, dict(filters=4, kernel_size=3, strides=2, padding="valid"),
-        (7, 7, 3)),
-    "conv2d_same_strided": (
-        keras.layers.Conv2D, dict(filters=3, kernel_size=(3, 2), strides=(2, 3), padding="same"),
-        (6, 7, 2)),
-    "conv2d_same_dilated": (
-        keras.layers.Conv2D, dict(filters=3, kernel_size=3, dilation_rate=2, padding="same"),
-        (6, 6, 2)),
-    "conv2d_groups2": (
-        keras.layers.Conv2D, dict(filters=4, kernel_size=3, groups=2, padding="same"), (5, 5, 4)),
-    "conv3d_same_strided": (
-        keras.layers.Conv3D, dict(filters=3, kernel_size=2, strides=(1, 2, 1), padding="same"),
-        (3, 4, 4, 2)),
-}
-
-
-# --- Independent NumPy reference ---
-
-def dense_matrix(kernel, in_shape):
-    """Dense acting on the last axis: block-diagonal matrix, one block per leading position."""
-    c_in, units = kernel.shape
-    lead = in_shape[:-1]
-    m = np.zeros((int(np.prod(in_shape)), int(np.prod(lead)) * units))
-    for t in range(int(np.prod(lead))):
-        for i in range(c_in):
-            for j in range(units):
-                m[t * c_in + i, t * units + j] = kernel[i, j]
-    return m, tuple(lead) + (units,)
-
-
-def conv_matrix(kernel, in_shape, strides, padding, dilation, groups):
-    """Channels-last convolution as a matrix, built by explicit loops."""
-    spatial, ksize = in_shape[:-1], kernel.shape[:-2]
-    c_group, filters = kernel.shape[-2:]
-    f_group = filters // groups
-    out_sizes, lefts = [], []
-    for n, k, s, d in zip(spatial, ksize, strides, dilation):
-        span = (k - 1) * d + 1
-        if padding == "valid":
-            out, left = (n - span) // s + 1, 0
-        elif padding == "same":
-            out = -(-n // s)
-            left = max((out - 1) * s + span - n, 0) // 2
-        else:  # causal: pad span - 1 on the left only, then valid
-            out, left = (n - 1) // s + 1, span - 1
-        out_sizes.append(out)
-        lefts.append(left)
-    out_shape = tuple(out_sizes) + (filters,)
-    in_index = np.arange(int(np.prod(in_shape))).reshape(in_shape)
-    out_index = np.arange(int(np.prod(out_shape))).reshape(out_shape)
-    m = np.zeros((in_index.size, out_index.size))
-    for o in np.ndindex(*out_sizes):
-        for k in np.ndindex(*ksize):
-            p = tuple(oi * s + ki * d - left
-                      for oi, ki, s, d, left in zip(o, k, strides, dilation, lefts))
-            if not all(0 <= pi < n for pi, n in zip(p, spatial)):
-                continue  # the tap falls into the zero padding
-            for g in range(groups):
-                for c in range(c_group):
-                    for f in range(f_group):
-                        i = in_index[p + (g * c_group + c,)]
-                        j = out_index[o + (g * f_group + f,)]
-                        m[i, j] = kernel[k + (c, g * f_group + f)]
-    return m, out_shape
-
-
-def reference(rule, x, m, b, r, low=None, high=None, eps=0.0, return_denominator=False):
-    """R_i = Σ_j z_ij / z_j R_j in float64. x: (B, I), m: (I, J), b: (J,), r: (B, J)."""
-    a, w = x[:, :, None], m[None]
-    if rule == "z":
-        z_ij = a * w
-    elif rule == "zplus":
-        z_ij = np.maximum(a * w, 0.0)
-    elif rule == "zbox":
-        z_ij = (a * w - low[None, :, None] * np.maximum(w, 0)
-                - high[None, :, None] * np.minimum(w, 0))
-    elif rule == "wsquare":
-        z_ij = np.broadcast_to(w**2, (len(x),) + m.shape)
-    z_j = z_ij.sum(axis=1)
-    if rule == "z":  # LRP-0 / LRP-ε: the bias and the stabiliser (sign(0) = +1) join z_j
-        z_j = z_j + b
-        z_j = z_j + eps * np.where(z_j >= 0, 1.0, -1.0)
-    s = np.where(z_j == 0, 0.0, r / np.where(z_j == 0, 1.0, z_j))
-    r_in = (z_ij * s[:, None, :]).sum(axis=2)
-    return (r_in, z_j) if return_denominator else r_in
-
-
-# --- Test fixtures: layers, rules, data ---
-
-@functools.lru_cache(maxsize=None)
-def setup_case(name, use_bias):
-    """A built keras layer with random kernel/bias, its reference matrix and output shape."""
-    cls, kwargs, in_shape = CASES[name]
-    rng = np.random.default_rng(zlib.crc32(f"{name}-{use_bias}".encode()))
-    layer = cls(**kwargs, use_bias=use_bias)
-    layer.build((None,) + in_shape)
-    kernel = rng.normal(0.0, 0.5, layer.kernel.shape).astype("float32")
-    bias = rng.normal(0.0, 0.5, layer.bias.shape).astype("float32") if use_bias else None
-    layer.set_weights([kernel] + ([bias] if use_bias else []))
-    if cls is keras.layers.Dense:
-        m, out_shape = dense_matrix(kernel.astype("float64"), in_shape)
-    else:
-        m, out_shape = conv_matrix(
-            kernel.astype("float64"), in_shape, layer.strides, layer.padding,
-            layer.dilation_rate, layer.groups)
-    b = np.zeros(out_shape) if bias is None else np.broadcast_to(bias.astype("float64"), out_shape)
-    return layer, kernel, bias, m, b.reshape(-1), out_shape
-
-
-def relevance_layer(name, rule, kernel, bias, **kwargs):
-    keras_layer = setup_case(name, bias is not None)[0]
-    if isinstance(keras_layer, keras.layers.Dense):
-        return DenseRelevance.from_kernel(rule, kernel, bias, **kwargs)
-    return ConvRelevance.from_kernel(
-        rule, kernel, bias, strides=keras_layer.strides, padding=keras_layer.padding,
-        dilation_rate=keras_layer.dilation_rate, data_format="channels_last", **kwargs)
 
 
 def make_bounds(kind, in_shape, rng):
@@ -201,18 +81,8 @@ def run_case(name, use_bias, rule_case, seed=0):
         r = well_conditioned(flat(r), flat(x), m, b).reshape(r.shape)
     actual = np.asarray(relevance_layer(name, rule, kernel, bias)([x, r]))
     expected, z_j = reference(x=flat(x), m=m, b=b if lrp0 else 0.0, r=flat(r),
-                              return_denominator=True, **ref_kwargs)
+                              c=connectivity(name), return_denominator=True, **ref_kwargs)
     return actual, expected.reshape(x.shape), x, r, z_j
-
-
-def flat(a):
-    return np.asarray(a, "float64").reshape(len(a), -1)
-
-
-def assert_close(actual, expected):
-    assert actual.shape == expected.shape
-    assert np.all(np.isfinite(actual))
-    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
 
 
 # --- Rules against the reference ---
@@ -249,10 +119,14 @@ def test_zplus_nonnegative_input_equals_signed_form(name, use_bias):
     fast = np.asarray(relevance_layer(name, rules.ZPlus(), kernel, bias,
                                       nonnegative_input=True)([x, r]))
     signed = np.asarray(relevance_layer(name, rules.ZPlus(), kernel, bias)([x, r]))
-    assert_close(fast, reference("zplus", flat(x), m, 0.0, flat(r)).reshape(x.shape))
+    c = connectivity(name)
+    assert_close(fast, reference("zplus", flat(x), m, 0.0, flat(r), c=c).reshape(x.shape))
     assert_close(signed, fast)
-    # the seed's form a_i w⁺_ij on nonnegative inputs
-    assert_close(fast, reference("z", flat(x), np.maximum(m, 0), 0.0, flat(r)).reshape(x.shape))
+    # the seed's form a_i w⁺_ij on nonnegative inputs (plus the flat spread of dead units)
+    _, z_j = reference("z", flat(x), np.maximum(m, 0), 0.0, flat(r), return_denominator=True)
+    seed_form = reference("z", flat(x), np.maximum(m, 0), 0.0, flat(r)) + flat_fallback(
+        z_j, flat(r), c)
+    assert_close(fast, seed_form.reshape(x.shape))
 
 
 # --- Properties ---
@@ -263,12 +137,14 @@ def test_zplus_nonnegative_input_equals_signed_form(name, use_bias):
                                   "conv2d_valid_strided", "conv2d_same_dilated", "conv2d_groups2",
                                   "conv3d_same_strided"])
 def test_conservation_without_bias(name, rule_case):
-    """Σ R_in = Σ R_out over the outputs with z_j != 0 (z⁺ can have z_j = 0 at a causal edge)."""
+    """Σ R_in = Σ R_out: over the outputs with z_j != 0 for LRP-0, over all outputs for the Deep
+    Taylor rules (a unit with z_j = 0, e.g. z⁺ at a causal edge, spreads its relevance flat)."""
     actual, _, _, r, z_j = run_case(name, False, rule_case, seed=5)
     r = r.reshape(BATCH, -1)
     assert np.mean(z_j != 0) > 0.9 and np.any(r != 0)
-    np.testing.assert_allclose(actual.reshape(BATCH, -1).sum(axis=1),
-                               np.where(z_j != 0, r, 0.0).sum(axis=1), rtol=1e-5)
+    kept = np.where(z_j != 0, r, 0.0) if rule_case in ("z", "epsilon0") else r
+    np.testing.assert_allclose(actual.reshape(BATCH, -1).sum(axis=1), kept.sum(axis=1),
+                               rtol=1e-5)
 
 
 @pytest.mark.parametrize("rule_case", ["zplus", "zbox_scalar", "zbox_channel", "zbox_pixel",
@@ -309,13 +185,21 @@ def test_z_with_bias_is_gradient_times_input(name):
 @pytest.mark.parametrize("rule", [rules.Z(), rules.Epsilon(0.0), rules.ZPlus(), rules.ZBox(0, 1)],
                          ids=["z", "epsilon0", "zplus", "zbox"])
 @pytest.mark.parametrize("name", ["dense_2d", "conv2d_same_strided"])
-def test_zero_input_gives_zero_relevance(name, rule):
+def test_zero_input(name, rule):
+    """x = 0 (= low for ZBox(0, 1), with w >= 0): every z_j is 0. LRP-0/ε give zero relevance;
+    z⁺ and z^B spread each unit's relevance flat over its receptive field (conserved)."""
     _, kernel, _, _, _, out_shape = setup_case(name, False)
-    x = np.zeros((BATCH,) + CASES[name][2], "float32")  # x = 0 = low for ZBox(0, 1): z_j = 0...
-    kernel = np.abs(kernel) if isinstance(rule, rules.ZBox) else kernel  # ...when w >= 0
+    x = np.zeros((BATCH,) + CASES[name][2], "float32")
+    kernel = np.abs(kernel) if isinstance(rule, rules.ZBox) else kernel
     r = np.ones((BATCH,) + out_shape, "float32")
     actual = np.asarray(relevance_layer(name, rule, kernel, None)([x, r]))
-    np.testing.assert_array_equal(actual, np.zeros_like(x))
+    if isinstance(rule, rules.Epsilon):
+        np.testing.assert_array_equal(actual, np.zeros_like(x))
+        return
+    c = connectivity(name)
+    expected = flat(r) @ (c / c.sum(axis=0)).T
+    assert_close(actual, expected.reshape(x.shape))
+    np.testing.assert_allclose(actual.sum(), r.sum(), rtol=1e-5)
 
 
 def test_cancelling_contributions():
@@ -333,8 +217,10 @@ def test_cancelling_contributions():
 
 
 @pytest.mark.parametrize("rule", [rules.ZPlus(), rules.WSquare()], ids=["zplus", "wsquare"])
-def test_zero_denominator_output_contributes_nothing(rule):
-    """A filter with z_j = 0 (all-negative contributions for z⁺, an all-zero filter for w²)."""
+def test_zero_denominator_output_spreads_flat(rule):
+    """A filter with z_j = 0 (all-negative contributions for z⁺, an all-zero filter for w²): its
+    relevance is spread flat over each unit's receptive field, never lost (a unit driven by its
+    bias alone), and the other filters follow the rule."""
     _, kernel, _, m, _, out_shape = setup_case("conv2d_same_dilated", False)
     kernel = kernel.copy()
     x = np.abs(np.random.default_rng(9).normal(size=(BATCH, 6, 6, 2))).astype("float32")
@@ -344,11 +230,15 @@ def test_zero_denominator_output_contributes_nothing(rule):
     r = np.ones((BATCH,) + out_shape, "float32")
     actual = np.asarray(ConvRelevance.from_kernel(
         rule, kernel, None, strides=(1, 1), padding="same", dilation_rate=(2, 2))([x, r]))
+    c = connectivity("conv2d_same_dilated")
     expected = reference("zplus" if isinstance(rule, rules.ZPlus) else "wsquare", flat(x),
-                         m.reshape(m.shape[0], -1), 0.0, flat(r)).reshape(x.shape)
+                         m.reshape(m.shape[0], -1), 0.0, flat(r), c=c).reshape(x.shape)
     assert_close(actual, expected)
-    # what is lost is exactly the relevance of filter 0
-    np.testing.assert_allclose(actual.sum(), r[..., 1:].sum(), rtol=1e-5)
+    dead = np.zeros(out_shape)
+    dead[..., 0] = 1.0
+    spread = (flat(r) * dead.reshape(1, -1)) @ (c / c.sum(axis=0)).T
+    assert spread.sum() > 0 and np.all(actual >= spread.reshape(x.shape) - 1e-6)
+    np.testing.assert_allclose(actual.sum(), r.sum(), rtol=1e-5)
 
 
 # --- Validation ---
@@ -376,28 +266,6 @@ def test_epsilon_must_be_nonnegative(epsilon):
 
 
 # --- Serialisation ---
-
-def assert_layer_roundtrip(layer, inputs, tmp_path):
-    """Config round trip, symbolic call, and .keras save/load in safe mode: identical outputs."""
-    expected = np.asarray(layer(inputs))
-    clone = type(layer).from_config(layer.get_config())
-    clone(inputs)
-    clone.set_weights(layer.get_weights())
-    np.testing.assert_array_equal(np.asarray(clone(inputs)), expected)
-    assert clone.get_config() == layer.get_config()
-
-    symbolic = [keras.Input(shape=t.shape[1:]) for t in inputs]
-    output = layer(symbolic)
-    assert tuple(output.shape) == (None,) + inputs[0].shape[1:]
-    model = keras.Model(symbolic, output)
-    np.testing.assert_allclose(np.asarray(model(inputs)), expected, rtol=1e-6, atol=1e-7)
-
-    path = tmp_path / "relevance.keras"
-    model.save(path)
-    loaded = keras.models.load_model(path, safe_mode=True)
-    np.testing.assert_array_equal(np.asarray(loaded(inputs)), np.asarray(model(inputs)))
-    assert type(loaded.layers[-1]) is type(layer)
-
 
 @pytest.mark.parametrize("name", ["dense_3d", "conv2d_same_strided"])
 def test_layer_roundtrip_zbox_per_channel(name, tmp_path):

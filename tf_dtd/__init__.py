@@ -18,9 +18,10 @@ from tf_dtd.errors import (
     UnsupportedModelError,
 )
 from tf_dtd.evaluate.quantus import quantus_explain_func
+from tf_dtd.registry import HandlerContext, register_layer_rule
+from tf_dtd.relevance import handlers as _handlers  # noqa: F401  (registers built-in layers)
 from tf_dtd.relevance import layers
-from tf_dtd.relevance.registry import HandlerContext, register_layer_rule
-from tf_dtd.relevance.rewriter import explain, relevance_model
+from tf_dtd.relevance.api import explain, relevance_model, sync_weights
 from tf_dtd.report.diagnosis import diagnose
 
 __version__ = "0.1.0"
@@ -44,4 +45,5 @@ __all__ = [
     "register_layer_rule",
     "relevance_model",
     "rules",
+    "sync_weights",
 ]

@@ -1,17 +1,18 @@
 """Checks of user arguments: the input box, targets and class ids, and batches given to explain.
 
 Each raises :class:`tf_dtd.InvalidArgumentError` naming the argument and what was received, so
-that a mistake never turns into a silent all-zero or wrong heatmap.
+that a mistake never turns into a silent all-zero or wrong heatmap. NumPy only (no TensorFlow),
+so that light modules (``tf_dtd.visualize``, the command line) can use it.
 """
 
 import warnings
 
 import numpy as np
 
-from tf_dtd import rules as rules_lib
 from tf_dtd.errors import InputRangeWarning, InvalidArgumentError
 
-__all__ = ["check_input_range", "check_class_ids", "check_target", "check_batch",
+__all__ = ["check_input_range", "check_class_ids", "check_choice", "positive_int",
+           "check_target", "check_batch", "float_batch",
            "samples_outside_box", "warn_outside_box"]
 
 
@@ -35,24 +36,34 @@ def check_input_range(input_range):
     return low, high
 
 
-def check_class_ids(class_ids, num_samples, num_classes):
-    class_ids = np.asarray(class_ids)
-    if class_ids.ndim != 1 or not np.issubdtype(class_ids.dtype, np.integer):
+def check_class_ids(class_ids, num_samples, num_classes, *, name="target"):
+    """``class_ids`` as an int32 array of ``num_samples`` class ids in ``[0, num_classes)``."""
+    array = np.asarray(class_ids)
+    if array.ndim != 1 or array.dtype.kind not in "iu" or len(array) != num_samples:
         raise InvalidArgumentError(
-            "target must be 'max', an int, or a 1-D integer array of class ids. "
-            f"Received: target of dtype {class_ids.dtype} and shape {class_ids.shape}"
-        )
-    if len(class_ids) != num_samples:
+            f"Expected {name} to be 'max', an int, or a 1-D integer array of {num_samples} class "
+            f"ids (one class id per sample). Received: {name} of dtype {array.dtype} and shape "
+            f"{array.shape}")
+    if array.size and (array.min() < 0 or array.max() >= num_classes):
         raise InvalidArgumentError(
-            f"target needs one class id per sample ({num_samples}). "
-            f"Received: {len(class_ids)} class ids"
-        )
-    if class_ids.size and (class_ids.min() < 0 or class_ids.max() >= num_classes):
+            f"Expected class ids in [0, {num_classes}). Received: min {array.min()}, max "
+            f"{array.max()} ({name} from {array.min()} to {array.max()})")
+    return array.astype("int32")
+
+
+def check_choice(name, value, choices):
+    """``value`` if it is one of ``choices``, else an :class:`InvalidArgumentError`."""
+    if not isinstance(value, str) or value not in choices:
         raise InvalidArgumentError(
-            f"class ids must lie in [0, {num_classes}). Received: min {class_ids.min()}, "
-            f"max {class_ids.max()}"
-        )
-    return class_ids.astype("int32")
+            f"Expected {name} to be one of {tuple(choices)}. Received: {name}={value!r}")
+    return value
+
+
+def positive_int(name, value):
+    """``value`` as an int ≥ 1, else an :class:`InvalidArgumentError`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidArgumentError(f"Expected {name} to be an int >= 1. Received: {name}={value!r}")
+    return int(value)
 
 
 def check_target(target, num_classes):
@@ -85,14 +96,23 @@ def check_batch(x, model):
     return array
 
 
+def float_batch(x, model):
+    """:func:`check_batch`, then as float32 (float64 stays float64)."""
+    x = check_batch(x, model)
+    return x.astype("float64" if x.dtype == np.float64 else "float32", copy=False)
+
+
 def samples_outside_box(x, first_rule):
-    """How many samples of ``x`` leave the z^B box of ``first_rule`` (0 unless it is a ZBox)."""
-    if not isinstance(first_rule, rules_lib.ZBox) or len(x) == 0:
+    """How many samples of ``x`` leave the box of ``first_rule`` (0 for a rule without one):
+    the ``low`` and ``high`` of its input constants (z^B's)."""
+    constants = {} if first_rule is None else first_rule.input_constants()
+    if not {"low", "high"} <= set(constants) or len(x) == 0:
         return 0
+    low, high = np.asarray(constants["low"]), np.asarray(constants["high"])
     values = np.asarray(x, dtype="float64")
-    slack = 1e-6 * float(np.max(first_rule.high - first_rule.low))
+    slack = 1e-6 * float(np.max(high - low))
     with np.errstate(invalid="ignore"):
-        outside = (values < first_rule.low - slack) | (values > first_rule.high + slack)
+        outside = (values < low - slack) | (values > high + slack)
     return int(np.sum(np.any(outside.reshape(len(values), -1), axis=1)))
 
 

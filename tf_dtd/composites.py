@@ -1,9 +1,9 @@
 """Which rule each layer gets: :class:`Composite` and the named presets.
 
-Precedence, first match wins: ``by_name`` (the layer's name), then ``first`` (kernel layers that
-read the model input, see :func:`tf_dtd.relevance_model`), then ``by_type`` (along the layer
-class's MRO, so subclasses inherit), then ``by_index`` (position among the kernel layers), then
-``default``.
+Precedence, first match wins: ``by_name`` (the layer's name), then ``first`` (kernel layers, and
+linear layers that carry the pixels such as average pooling, that read the model input, see
+:func:`tf_dtd.relevance_model`), then ``by_type`` (along the layer class's MRO, so subclasses
+inherit), then ``by_index`` (position among the kernel layers), then ``default``.
 """
 
 import dataclasses
@@ -11,7 +11,7 @@ import types
 
 import keras
 
-from tf_dtd import rules
+from tf_dtd import registry, rules
 from tf_dtd.errors import InvalidArgumentError
 
 __all__ = ["Composite", "PRESETS", "resolve"]
@@ -31,13 +31,20 @@ class Composite:
             Negative ints count from the end; ``start``/``stop`` may also be floats in [0, 1],
             fractions of the number of kernel layers (``(0.0, 0.5)``: the lower half), so one
             composite fits models of any depth. First matching key wins.
-        max_pooling: ``"winner_take_all"`` (default: a window's relevance goes to its maximum)
-            or ``"proportional"`` (shared in proportion to the inputs, as average pooling).
-        multiply: how a product of two tensors (``Multiply``) shares relevance: ``"gate"``
-            (default: when one factor is a gate, known to lie in [0, 1] like a sigmoid output,
-            the other factor gets all the relevance; any other product is an error) or
-            ``"split"`` (each of the n factors gets 1/n, and relevance flows into the gate
-            branch too).
+        max_pooling: shorthand for the rule of max-pooling layers that ``by_name`` / ``by_type``
+            do not set: ``"winner_take_all"`` (default, ``rules.WinnerTakeAll()``: a window's
+            relevance goes to its maximum) or ``"proportional"`` (``rules.Z()`` on the average
+            over the same windows).
+        multiply: shorthand for the rule of products (``Multiply``): ``"gate"`` (default,
+            ``rules.SignalTakesAll()``: when one factor is a gate, known to lie in [0, 1] like a
+            sigmoid output, the other factor gets all the relevance; any other product is an
+            error) or ``"split"`` (``rules.EqualShares()``: each of the n factors gets 1/n).
+
+    Every layer with a rule choice — kernel layers, ``Add``, average pooling, an unfolded
+    BatchNorm, max-pooling, products — takes its rule from the composite; ``default`` reaches
+    the layers whose kind it fits, the others keep their own default (max-pooling:
+    ``WinnerTakeAll``, products: ``SignalTakesAll``; LayerNormalization takes LRP-0/ε and
+    passes relevance through under other defaults).
 
     Example:
         >>> composite = tf_dtd.Composite(
@@ -90,26 +97,73 @@ class Composite:
         object.__setattr__(self, "by_name", types.MappingProxyType(dict(self.by_name)))
         object.__setattr__(self, "by_index", types.MappingProxyType(dict(self.by_index)))
 
-    def rule_for(self, layer, *, is_first=False, name=None, position=None):
-        """The rule ``layer`` gets.
+    def rule_for(self, layer, layer_type=None, *, is_first=False, name=None, position=None):
+        """The rule ``layer`` gets, or ``None`` for a layer without a rule choice (routing,
+        element-wise layers).
 
-        ``is_first`` says whether it reads the model input; ``name`` is the name ``by_name``
-        matches, ``layer.name`` by default; ``position`` is ``(index, count)`` of a kernel layer
-        among the model's kernel layers (``None`` for other layers).
+        ``layer_type`` is the layer's :class:`tf_dtd.registry.LayerType` (looked up by
+        default); ``is_first`` says whether it reads the model input; ``name`` is the name
+        ``by_name`` matches, ``layer.name`` by default; ``position`` is ``(index, count)`` of a
+        kernel layer among the model's kernel layers (``None`` for other layers).
+
+        Raises:
+            InvalidArgumentError: ``by_name``, ``by_type`` or ``by_index`` gives the layer a rule
+                of a kind it does not take (a max-pooling rule for a Dense layer, say).
         """
+        layer_type = registry.lookup(layer) if layer_type is None else layer_type
+        if not layer_type.rules:
+            return None
         name = layer.name if name is None else name
+        first = is_first and self.first is not None and layer_type.takes(self.first) and (
+            position is not None or layer_type.kernel
+            or (layer_type.carries_input_box and layer_type.default_rule is None))
+        explicit = self._explicit(layer, name, position, first)
+        if explicit is not None:
+            where, rule = explicit
+            if not layer_type.takes(rule):
+                raise InvalidArgumentError(
+                    f"Composite.{where} gives layer '{name}' ({type(layer).__name__}) the rule "
+                    f"{rule!r}, but that layer takes rules for {list(layer_type.rules)} layers."
+                )
+            return rule
+        shorthand = self._shorthand(layer_type)
+        if shorthand is not None:
+            return shorthand
+        if layer_type.default_rule is not None:
+            return layer_type.default_rule
+        if layer_type.takes(self.default):
+            return self.default
+        if layer_type.fallback_rule is not None:
+            return layer_type.fallback_rule
+        raise InvalidArgumentError(
+            f"Composite.default {self.default!r} does not fit layer '{name}' "
+            f"({type(layer).__name__}), which takes rules for {list(layer_type.rules)} layers. "
+            "Give the layer a rule by_name or by_type."
+        )
+
+    def _explicit(self, layer, name, position, first):
         if name in self.by_name:
-            return self.by_name[name]
-        if is_first and self.first is not None:
-            return self.first
+            return f"by_name[{name!r}]", self.by_name[name]
+        if first:
+            return "first", self.first
         for cls in type(layer).__mro__:
             if cls in self.by_type:
-                return self.by_type[cls]
+                return f"by_type[{cls.__name__}]", self.by_type[cls]
         if position is not None:
             for key, rule in self.by_index.items():
                 if _index_matches(key, *position):
-                    return rule
-        return self.default
+                    return f"by_index[{key!r}]", rule
+        return None
+
+    def _shorthand(self, layer_type):
+        """``max_pooling="proportional"`` and ``multiply="split"`` as the rules they stand for."""
+        default = layer_type.default_rule
+        if (self.max_pooling == "proportional" and isinstance(default, rules.WinnerTakeAll)
+                and "linear" in layer_type.rules):
+            return rules.Z()
+        if self.multiply == "split" and isinstance(default, rules.SignalTakesAll):
+            return rules.EqualShares()
+        return None
 
 
 MAX_POOLING_MODES = ("winner_take_all", "proportional")
@@ -145,8 +199,11 @@ PRESETS = {
         default=rules.ZPlus(), first=rules.WSquare()),
     "lrp_z": lambda input_range: Composite(default=rules.Z()),
     "lrp_epsilon": lambda input_range: Composite(default=rules.Epsilon()),
-    "lrp_alpha_1_beta_0": lambda input_range: Composite(default=rules.AlphaBeta(1.0, 0.0)),
-    "lrp_alpha_2_beta_1": lambda input_range: Composite(default=rules.AlphaBeta(2.0, 1.0)),
+    # αβ with biases ignored: conserving; α1β0 is then z⁺ (Montavon et al., 2017).
+    "lrp_alpha_1_beta_0": lambda input_range: Composite(
+        default=rules.AlphaBeta(1.0, 0.0, bias=False)),
+    "lrp_alpha_2_beta_1": lambda input_range: Composite(
+        default=rules.AlphaBeta(2.0, 1.0, bias=False)),
     "lrp_epsilon_plus": lambda input_range: Composite(
         default=rules.ZPlus(), by_type={keras.layers.Dense: rules.Epsilon()}),
     "lrp_epsilon_plus_flat": lambda input_range: Composite(

@@ -20,6 +20,7 @@ import secrets
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from tf_dtd.checks import check_choice
 from tf_dtd.errors import InvalidArgumentError
 
 __all__ = [
@@ -49,12 +50,6 @@ def _round(x):
     return np.floor(np.asarray(x, "float64") + 0.5)
 
 
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise InvalidArgumentError(
-            f"Expected {name} to be one of {choices}. Received: {name}={value!r}")
-
-
 def colormap(name):
     """The colour map ``name`` as a uint8 lookup table of shape ``(256, 3)`` (RGB rows).
 
@@ -69,7 +64,7 @@ def colormap(name):
         >>> visualize.colormap("bwr")[[0, 128, 255]].tolist()
         [[0, 0, 255], [255, 255, 255], [255, 0, 0]]
     """
-    _check_choice("cmap", name, COLORMAPS)
+    check_choice("cmap", name, COLORMAPS)
     index = np.arange(256)
     position = np.where(index <= 128, index / 256, 0.5 + (index - 128) / 254)
     where, colours = zip(*_ANCHORS[name])
@@ -89,7 +84,7 @@ def reduce_channels(heatmap, method="sum"):
     Example:
         >>> visualize.reduce_channels(np.array([[[1.0, -3.0]]]), "max_abs")   # [[-3.]]
     """
-    _check_choice("method", method, _REDUCTIONS)
+    check_choice("method", method, _REDUCTIONS)
     heatmap = np.asarray(heatmap)
     if heatmap.ndim < 2:
         raise InvalidArgumentError(
@@ -123,7 +118,7 @@ def normalize(heatmap, mode="symmetric", percentile=None):
         >>> visualize.normalize(np.array([[-2.0, 0.0, 4.0]]))          # [[-0.5, 0., 1.]]
         >>> visualize.normalize(np.array([[-2.0, 0.0, 4.0]]), "minmax")  # [[0., 0.333, 1.]]
     """
-    _check_choice("mode", mode, _MODES)
+    check_choice("mode", mode, _MODES)
     if percentile is not None and not (
             (50.0 <= percentile <= 100.0) if mode == "minmax" else (0.0 < percentile <= 100.0)):
         bracket = "[50, 100]" if mode == "minmax" else "(0, 100]"
@@ -173,7 +168,7 @@ def heatmap_to_indices(heatmap, cmap="bwr", *, reduce="sum", mode=None, percenti
         >>> visualize.heatmap_to_indices(np.array([[-1.0, 0.0, 1.0]]), reduce=None)
         array([[  0, 128, 255]], dtype=uint8)
     """
-    _check_choice("cmap", cmap, COLORMAPS)
+    check_choice("cmap", cmap, COLORMAPS)
     if mode is None:
         mode = "symmetric" if cmap in _SYMMETRIC_MAPS else "minmax"
     heatmap = np.asarray(heatmap)
@@ -296,7 +291,7 @@ def recolor_png(path, cmap, out_path=None):
     Example:
         >>> visualize.recolor_png("relevance.png", "coldnhot", "relevance_coldnhot.png")
     """
-    _check_choice("cmap", cmap, COLORMAPS)
+    check_choice("cmap", cmap, COLORMAPS)
     with Image.open(path) as image:
         if image.mode != "P":
             raise InvalidArgumentError(

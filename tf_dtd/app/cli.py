@@ -223,18 +223,19 @@ def _export(args):
 
 
 def _info(args):
-    from tf_dtd.relevance.plan import format_plan, layer_plan
+    from tf_dtd.relevance.plan import decide
+    from tf_dtd.report.info import format_plan
 
     model = _load_model(args.model)
     input_range = args.input_range
     note = ""
     if input_range is None and args.rules in _BOX_PRESETS:
         input_range, note = (0.0, 1.0), " (input range assumed [0, 1]; see --input-range)"
-    records = layer_plan(model, args.rules, input_range=input_range)
+    plan = decide(model, args.rules, input_range=input_range)
     print(f"Model {model.name!r}: input {model.input_shape}, output {model.output_shape}; "
           f"rules {args.rules}{note}")
-    print(format_plan(records))
-    unsupported = [r["name"] for r in records if r["error"]]
+    print(format_plan(plan))
+    unsupported = [step.user_layer.name for step in plan.errors]
     if not unsupported:
         from tf_dtd.report.diagnosis import diagnose, format_findings
 

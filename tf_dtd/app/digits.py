@@ -19,6 +19,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from tf_dtd.errors import InvalidArgumentError
+
 __all__ = [
     "IMAGE_SIZE",
     "INPUT_RANGE",
@@ -54,7 +56,7 @@ def prepare(images):
     """
     images = np.asarray(images, dtype="float32")
     if images.shape[1:] not in ((64,), (8, 8)):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected digits of shape (n, 64) or (n, 8, 8). Received: shape {images.shape}")
     images = images.reshape(-1, 8, 8) / 16.0
     size = (IMAGE_SIZE, IMAGE_SIZE)
@@ -75,7 +77,8 @@ def held_out_split(num_samples, held_out_fraction=0.25, seed=SEED):
         >>> train, held_out = digits.held_out_split(1797)   # 1348 and 449 indices
     """
     if not 0.0 < held_out_fraction < 1.0:
-        raise ValueError(f"Expected 0 < held_out_fraction < 1. Received: {held_out_fraction}")
+        raise InvalidArgumentError(
+            f"Expected 0 < held_out_fraction < 1. Received: {held_out_fraction}")
     order = np.random.default_rng(seed).permutation(int(num_samples))
     held_out = int(round(num_samples * held_out_fraction))
     return np.sort(order[held_out:]), np.sort(order[:held_out])

@@ -20,85 +20,23 @@ Example:
 import hashlib
 import itertools
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from tf_dtd import checks
 from tf_dtd.errors import InvalidArgumentError
-from tf_dtd.model import canonize
-from tf_dtd.model import graph as graph_lib
-from tf_dtd.model.analysis import activation_name
-from tf_dtd.relevance.rewriter import explain
+from tf_dtd.model.canonize import logit_model
+from tf_dtd.relevance.api import explain
 
 __all__ = [
-    "logit_model", "predict_logits", "check_targets", "sample_rngs", "random_baseline",
+    "logit_model", "logit_predictor", "predict_logits", "sample_rngs", "random_baseline",
     "gradient", "gradient_times_input", "integrated_gradients", "occlusion", "lrp",
 ]
 
-_SQUASHERS = ("softmax", "sigmoid")
-
-
-def logit_model(model):
-    """``model`` without its final softmax / sigmoid: a ``keras.Model`` computing the logits.
-
-    A fused activation (``Dense(10, activation="softmax")``) is removed by a copy of that layer
-    with ``activation="linear"`` and the same weights, called on the layer's input tensor; an
-    ``Activation("softmax")`` or ``Softmax`` layer is cut off. A nested model ending in a squasher
-    goes through tf_dtd's canonical copy (nested models flattened, BatchNorm folded). A model
-    whose output is already linear is returned as it is. ``model`` is never modified.
-
-    Example:
-        >>> logits = logit_model(model).predict(x)       # model ends in Dense(..., "softmax")
-    """
-    producer = _output_layer(model)
-    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    if isinstance(producer, keras.Model):
-        if logit_model(producer) is producer:
-            return model
-        logits, _ = canonize.canonical_model(graph_lib.trace(model), name=f"{model.name}_logits")
-        return logits
-    if producer is None or activation_name(producer) not in _SQUASHERS:
-        return model
-    if isinstance(producer, (keras.layers.Activation, keras.layers.Softmax)):
-        return keras.Model(inputs, producer.input, name=f"{model.name}_logits")
-    head = type(producer).from_config({**producer.get_config(), "activation": "linear"})
-    outputs = head(producer.input)
-    head.set_weights(producer.get_weights())
-    return keras.Model(inputs, outputs, name=f"{model.name}_logits")
-
-
-def _output_layer(model):
-    """The top-level layer whose output is the model's output (``None`` if not found)."""
-    if len(model.outputs) != 1:
-        return None
-    for layer in reversed(model.layers):
-        try:
-            if layer.output is model.outputs[0]:
-                return layer
-        except (AttributeError, ValueError):  # a layer called several times
-            continue
-    return None
-
-
 def predict_logits(model, x, *, batch_size=256):
     """The logits of ``x`` under ``model`` (final softmax / sigmoid removed), ``(N, classes)``."""
-    x = _check_x(x, model)
-    return _predictor(logit_model(model), x, _positive_int("batch_size", batch_size))(x)
-
-
-def check_targets(targets, num_samples, num_classes):
-    """``targets`` as an int32 array of ``num_samples`` class ids in ``[0, num_classes)``."""
-    array = np.asarray(targets)
-    if array.ndim != 1 or array.dtype.kind not in "iu" or len(array) != num_samples:
-        raise InvalidArgumentError(
-            f"Expected targets to be a 1-D integer array of {num_samples} class ids, one per "
-            f"sample. Received: targets of dtype {array.dtype} and shape {array.shape}")
-    if array.size and (array.min() < 0 or array.max() >= num_classes):
-        raise InvalidArgumentError(
-            f"Expected class ids in [0, {num_classes}). Received: targets from {array.min()} "
-            f"to {array.max()}")
-    return array.astype("int32")
+    x = checks.float_batch(x, model)
+    return logit_predictor(logit_model(model), x, checks.positive_int("batch_size", batch_size))(x)
 
 
 def sample_rngs(x, seed):
@@ -134,8 +72,8 @@ def random_baseline(seed=0):
         >>> heatmaps = random_baseline(seed=1)(model, x, targets)
     """
     def random_heatmaps(model, x, targets):
-        x = _check_x(x, model)
-        check_targets(targets, len(x), model.output_shape[-1])
+        x = checks.float_batch(x, model)
+        checks.check_class_ids(targets, len(x), model.output_shape[-1], name="targets")
         return np.stack([rng.random(x.shape[1:]) for rng in sample_rngs(x, seed)]).astype(
             _dtype(x)).reshape(x.shape)
 
@@ -150,7 +88,7 @@ def gradient(model, x, targets, *, batch_size=64):
         >>> heatmaps = gradient(model, x, targets)
     """
     x, targets, logits = _prepare(model, x, targets)
-    return _differentiator(logits, x, _positive_int("batch_size", batch_size))(x, targets)
+    return _differentiator(logits, x, checks.positive_int("batch_size", batch_size))(x, targets)
 
 
 def gradient_times_input(model, x, targets, *, batch_size=64):
@@ -160,7 +98,7 @@ def gradient_times_input(model, x, targets, *, batch_size=64):
         >>> heatmaps = gradient_times_input(model, x, targets)
     """
     x, targets, logits = _prepare(model, x, targets)
-    return x * _differentiator(logits, x, _positive_int("batch_size", batch_size))(x, targets)
+    return x * _differentiator(logits, x, checks.positive_int("batch_size", batch_size))(x, targets)
 
 
 def integrated_gradients(steps=32, baseline=0.0, *, batch_size=256):
@@ -174,8 +112,8 @@ def integrated_gradients(steps=32, baseline=0.0, *, batch_size=256):
     Example:
         >>> heatmaps = integrated_gradients(steps=64)(model, x, targets)
     """
-    steps = _positive_int("steps", steps)
-    batch_size = _positive_int("batch_size", batch_size)
+    steps = checks.positive_int("steps", steps)
+    batch_size = checks.positive_int("batch_size", batch_size)
     alphas = (np.arange(steps) + 0.5) / steps
 
     def ig(model, x, targets):
@@ -211,9 +149,9 @@ def occlusion(patch=4, stride=None, fill=0.0, *, batch_size=256):
     Example:
         >>> heatmaps = occlusion(patch=4, stride=2)(model, x, targets)
     """
-    patch = _positive_int("patch", patch)
-    stride = patch if stride is None else _positive_int("stride", stride)
-    batch_size = _positive_int("batch_size", batch_size)
+    patch = checks.positive_int("patch", patch)
+    stride = patch if stride is None else checks.positive_int("stride", stride)
+    batch_size = checks.positive_int("batch_size", batch_size)
 
     def occlude(model, x, targets):
         x, targets, logits = _prepare(model, x, targets)
@@ -222,7 +160,7 @@ def occlusion(patch=4, stride=None, fill=0.0, *, batch_size=256):
         share = masks / masks.sum(axis=tuple(range(1, masks.ndim)), keepdims=True)
         share = share / view.shape[-1]
         cover = masks.sum(axis=0)
-        predict = _predictor(logits, x, batch_size)
+        predict = logit_predictor(logits, x, batch_size)
         clean = predict(x)[np.arange(len(x)), targets]
         out = np.zeros_like(view)
         chunk = max(1, batch_size // len(masks))
@@ -248,8 +186,8 @@ def lrp(rules="deep_taylor_bounded", *, input_range=None, batch_size=32):
         >>> heatmaps = lrp("lrp_epsilon")(model, x, targets)
     """
     def relevance(model, x, targets):
-        x = _check_x(x, model)
-        targets = check_targets(targets, len(x), model.output_shape[-1])
+        x = checks.float_batch(x, model)
+        targets = checks.check_class_ids(targets, len(x), model.output_shape[-1], name="targets")
         return np.asarray(explain(model, x, rules, input_range=input_range, target=targets,
                                   batch_size=batch_size))
 
@@ -272,27 +210,17 @@ def _patch_masks(spatial, patch, stride):
     return masks
 
 
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InvalidArgumentError(f"Expected {name} to be an int >= 1. Received: {name}={value!r}")
-    return int(value)
-
-
 def _dtype(x):
     return "float64" if np.asarray(x).dtype == np.float64 else "float32"
 
 
-def _check_x(x, model):
-    x = checks.check_batch(x, model)
-    return x.astype(_dtype(x), copy=False)
-
-
 def _prepare(model, x, targets):
-    x = _check_x(x, model)
-    return x, check_targets(targets, len(x), model.output_shape[-1]), logit_model(model)
+    x = checks.float_batch(x, model)
+    targets = checks.check_class_ids(targets, len(x), model.output_shape[-1], name="targets")
+    return x, targets, logit_model(model)
 
 
-def _predictor(logits_model, x, batch_size):
+def logit_predictor(logits_model, x, batch_size):
     """``predict(batch) -> logits`` for batches like ``x``, in chunks of ``batch_size``, through
     one traced function (traced once, however many calls)."""
     spec = tf.TensorSpec((None, *x.shape[1:]), x.dtype)

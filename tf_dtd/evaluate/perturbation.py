@@ -21,13 +21,11 @@ import dataclasses
 
 import numpy as np
 
+from tf_dtd import checks
 from tf_dtd.errors import InvalidArgumentError
 from tf_dtd.evaluate.baselines import (
-    _check_x,
-    _positive_int,
-    _predictor,
-    check_targets,
     logit_model,
+    logit_predictor,
     per_sample_value,
     sample_rngs,
 )
@@ -102,7 +100,7 @@ def region_perturbation(model, x, heatmaps, *, targets=None, region_size=4, step
     Raises:
         InvalidArgumentError: a bad shape, option or count.
     """
-    x = _check_x(x, model)
+    x = checks.float_batch(x, model)
     if len(x) == 0:
         raise InvalidArgumentError("Expected at least one sample. Received: x of shape "
                                    f"{x.shape}")
@@ -111,10 +109,10 @@ def region_perturbation(model, x, heatmaps, *, targets=None, region_size=4, step
         raise InvalidArgumentError(
             f"Expected finite numeric heatmaps of the shape of x, {x.shape}. Received: heatmaps "
             f"of shape {heat.shape} and dtype {heat.dtype}")
-    _check_choice("order", order, ORDERS)
-    _check_choice("fill", fill, FILLS)
-    region_size = _positive_int("region_size", region_size)
-    steps = _positive_int("steps", steps)
+    checks.check_choice("order", order, ORDERS)
+    checks.check_choice("fill", fill, FILLS)
+    region_size = checks.positive_int("region_size", region_size)
+    steps = checks.positive_int("steps", steps)
     view = x[..., None] if x.ndim == 2 else x
     heat = (heat[..., None] if x.ndim == 2 else heat).astype("float64")
     labels = region_labels(view.shape[1:-1], region_size)
@@ -124,10 +122,10 @@ def region_perturbation(model, x, heatmaps, *, targets=None, region_size=4, step
             f"Expected steps <= {regions}, the number of {region_size}-pixel regions of a "
             f"{view.shape[1:-1]} input. Received: steps={steps}")
 
-    predict = _predictor(logit_model(model), x, _positive_int("batch_size", batch_size))
+    predict = logit_predictor(logit_model(model), x, checks.positive_int("batch_size", batch_size))
     clean = predict(x)
     targets = clean.argmax(axis=1) if targets is None else targets
-    targets = check_targets(targets, len(x), clean.shape[-1])
+    targets = checks.check_class_ids(targets, len(x), clean.shape[-1], name="targets")
     rank = _region_ranks(heat, labels, regions, order)
     replacement = _replacement(view, fill, fill_value, value_range, seed, region_size)
 
@@ -155,7 +153,7 @@ def region_labels(spatial_shape, region_size):
                [0, 0, 1, 1, 2],
                [3, 3, 4, 4, 5]])
     """
-    region_size = _positive_int("region_size", region_size)
+    region_size = checks.positive_int("region_size", region_size)
     grid = tuple(-(-size // region_size) for size in spatial_shape)
     cells = np.meshgrid(*(np.arange(size) // region_size for size in spatial_shape),
                         indexing="ij")
@@ -172,7 +170,7 @@ def box_blur(x, size):
         >>> box_blur(np.ones((1, 5, 5, 3)), 3).shape
         (1, 5, 5, 3)
     """
-    size = _positive_int("size", size)
+    size = checks.positive_int("size", size)
     out = np.asarray(x, "float64")
     for axis in range(1, out.ndim - 1):
         pad = [(0, 0)] * out.ndim
@@ -213,9 +211,3 @@ def _replacement(view, fill, fill_value, value_range, seed, region_size):
             f"value_range={value_range!r}")
     noise = [rng.uniform(low, high, view.shape[1:]) for rng in sample_rngs(view, seed)]
     return np.stack(noise).astype(view.dtype)
-
-
-def _check_choice(name, value, choices):
-    if not isinstance(value, str) or value not in choices:
-        raise InvalidArgumentError(f"Expected {name} to be one of {choices}. Received: "
-                                   f"{name}={value!r}")

@@ -32,7 +32,7 @@ Example:
 import numpy as np
 
 from tf_dtd.errors import InvalidArgumentError
-from tf_dtd.relevance.rewriter import explain
+from tf_dtd.relevance.api import explain
 
 __all__ = ["quantus_explain_func"]
 

@@ -17,8 +17,9 @@ import warnings
 import keras
 import numpy as np
 
+from tf_dtd import checks
 from tf_dtd.errors import InvalidArgumentError
-from tf_dtd.evaluate.baselines import _check_x, check_targets, predict_logits
+from tf_dtd.evaluate.baselines import predict_logits
 from tf_dtd.model.analysis import has_kernel
 
 __all__ = ["randomization_check", "gaussian_reinitialization", "spearman", "ssim"]
@@ -65,12 +66,12 @@ def randomization_check(model, x, explainer, *, targets=None, seed=0, reinitiali
         One dict per step: ``{"layer": name, "spearman": float, "spearman_abs": float,
         "ssim": float}``, the top (output) layer first.
     """
-    x = _check_x(x, model)
+    x = checks.float_batch(x, model)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InvalidArgumentError(f"Expected seed to be an int >= 0. Received: seed={seed!r}")
     if targets is None:
         targets = predict_logits(model, x).argmax(axis=1)
-    targets = check_targets(targets, len(x), model.output_shape[-1])
+    targets = checks.check_class_ids(targets, len(x), model.output_shape[-1], name="targets")
     reinitialize = reinitialize or gaussian_reinitialization
     original = _reduce(explainer(model, x, targets), x)
 

@@ -17,6 +17,8 @@ import math
 import keras
 import numpy as np
 
+from tf_dtd import registry
+
 __all__ = [
     "activation_name", "output_range", "carries_input_box", "is_increasing_front_end",
     "has_kernel", "is_gate", "UNBOUNDED",
@@ -30,21 +32,8 @@ _INCREASING_ACTIVATIONS = ("linear", "relu", "relu6", "sigmoid", "hard_sigmoid",
                            "softplus", "softsign", "exponential", "elu", "selu", "leaky_relu")
 _HUGE = 1e30  # stands in for an infinite bound when an activation is evaluated on it
 
-_BOX_CARRYING = (
-    L.InputLayer, L.Flatten, L.Reshape, L.Permute, L.Concatenate,
-    L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D,
-    L.Cropping1D, L.Cropping2D, L.Cropping3D,
-    L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D,
-    L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
-    L.UpSampling1D, L.UpSampling2D, L.UpSampling3D,
-    L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
-    L.GaussianDropout, L.GaussianNoise, L.AlphaDropout,
-    L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
-    L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
-)
-
-# Layers whose output lies within the hull of their inputs' ranges.
-_WITHIN_INPUT_HULL = _BOX_CARRYING + (L.Average, L.Maximum, L.Minimum)
+# Layers whose output lies within the hull of their inputs' ranges, besides the box-carrying ones.
+_WITHIN_INPUT_HULL = (L.Average, L.Maximum, L.Minimum)
 
 
 def activation_name(layer):
@@ -83,7 +72,7 @@ def output_range(layer, operands):
         return UNBOUNDED
     if isinstance(layer, L.Activation):  # a linear one (named activations are handled above)
         return ranges[0] if name == "linear" else UNBOUNDED
-    if isinstance(layer, _WITHIN_INPUT_HULL):
+    if carries_input_box(layer) or isinstance(layer, _WITHIN_INPUT_HULL):
         low, high = min(r[0] for r in ranges), max(r[1] for r in ranges)
         if _pads_with_zeros(layer):
             low, high = min(low, 0.0), max(high, 0.0)
@@ -176,5 +165,8 @@ def has_kernel(layer):
 
 def carries_input_box(layer):
     """Whether every output of ``layer`` copies, selects or averages input values, or is zero
-    padding: then a box that holds the inputs, carried through the layer, holds the outputs."""
-    return isinstance(layer, _BOX_CARRYING) and activation_name(layer) in (None, "linear")
+    padding: then a box that holds the inputs, carried through the layer, holds the outputs
+    (the layer type's record says so, see :mod:`tf_dtd.registry`)."""
+    layer_type = registry.find(layer)
+    return (layer_type is not None and layer_type.carries_input_box
+            and activation_name(layer) in (None, "linear"))

@@ -29,11 +29,12 @@ class Node:
     arguments: object = dataclasses.field(repr=False, compare=False)
     argument_keys: tuple = dataclasses.field(repr=False, compare=False)
 
-    def call(self, layer, values):
+    def call(self, layer, values, *, keywords=True):
         """Call ``layer`` (this node's layer or a replacement) on ``values``, one per input,
-        with the structure and keyword arguments of the original call."""
+        with the structure (and, with ``keywords``, the keyword arguments) of the original
+        call."""
         args, kwargs = self.arguments.fill_in(dict(zip(self.argument_keys, values)))
-        return layer(*args, **kwargs)
+        return layer(*args, **kwargs) if keywords else layer(*args)
 
     def operands(self, values):
         """The call's positional arguments, flattened, with ``values`` (one per input) in place

@@ -1,4 +1,4 @@
-"""The two ends of a relevance model: where relevance starts and the input constants of rules.
+"""The ends of a relevance model: where relevance starts, and the input constants of rules.
 
 - :class:`TargetRelevance` starts relevance at the explained logit.
 - :class:`InputConstant` broadcasts a rule's constant (the z^B box, w²'s mask) to the input batch.
@@ -88,6 +88,9 @@ class TargetRelevance(keras.layers.Layer):
         if self.target == "input":
             logits, class_ids = inputs
             class_ids = ops.reshape(ops.cast(class_ids, "int32"), (-1,))
+            # the logits of an empty batch hold one dummy sample (model.batch): pad to match
+            missing = ops.shape(logits)[0] - ops.shape(class_ids)[0]
+            class_ids = ops.pad(class_ids, [[0, missing]])
             return _checked_start(logits, class_ids)
         else:
             logits = inputs[0] if isinstance(inputs, (list, tuple)) else inputs

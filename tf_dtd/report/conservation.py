@@ -1,16 +1,18 @@
-"""Where relevance is created or lost: a per-layer conservation report.
+"""Where relevance is created, lost or spread flat: a per-layer conservation report.
 
 Every layer of the relevance model receives relevance at its output and sends relevance to its
 inputs; a conservative layer sends what it receives. :func:`conservation_report` measures both
-sums per layer on real inputs and says, where it can be told, why they differ.
+sums per layer of the user's model on real inputs, says why they differ where it can be told, and
+how much relevance the Deep Taylor rules spread flat because a unit had nothing to credit.
 """
 
 import keras
 import numpy as np
 
 from tf_dtd import rules as rules_lib
-from tf_dtd.model import analysis
-from tf_dtd.relevance.rewriter import build_walk
+from tf_dtd.relevance.build import build
+from tf_dtd.relevance.engine import LinearRelevance
+from tf_dtd.relevance.plan import decide
 
 __all__ = ["conservation_report", "format_report"]
 
@@ -28,40 +30,65 @@ def conservation_report(model, x, rules="deep_taylor_bounded", *, input_range=No
         batch_size: samples per forward pass.
 
     Returns:
-        A list of dicts in graph order (input side first), one per layer call: ``layer`` (the
-        name in the canonical copy), ``type``, ``rule`` (kernel layers), ``relevance_out`` (Σ R
-        arriving at its output) and ``relevance_in`` (Σ R it sends to its inputs), ``leak``
-        (``out − in``), all means over the samples, ``relative_leak`` (mean leak / mean |out|),
-        and
-        ``reason``: why relevance leaks there, or ``None`` when it is conserved.
+        A list of dicts in graph order (input side first), one per layer of ``model`` that
+        carries relevance (a BatchNorm folded into the layer before it has no row of its own):
+        ``layer`` (its name), ``type``, ``rule``, ``relevance_out`` (Σ R arriving at its output)
+        and ``relevance_in`` (Σ R it sends to its inputs), ``leak`` (``out − in``),
+        ``spread_flat`` (Σ R of units with nothing to credit, spread evenly over their receptive
+        field — conserved, but not located by the rule), all means over the samples,
+        ``relative_leak`` (mean leak / mean |out|), and ``reason``: why relevance leaks there,
+        or ``None`` when it is conserved.
 
     Example:
-        >>> report = tf_dtd.report.conservation_report(model, images, "lrp_epsilon")
+        >>> report = tf_dtd.evaluate.conservation_report(model, images, "lrp_epsilon")
         >>> print(tf_dtd.evaluate.format_report(report))
     """
-    walk, inputs, _, _ = build_walk(model, rules, input_range, target)
-    nodes = [node for node in walk.graph.nodes if id(node) in walk.at_output]
+    plan = decide(model, rules, input_range=input_range, target=target)
+    built = build(plan)
+    indices = [i for i, step in enumerate(plan.steps)
+               if step.origin.role == "layer" and step.user_layer is not None]
     sums = []
-    for node in nodes:
-        sums.append(_sample_sums([walk.at_output[id(node)]]))
-        sums.append(_sample_sums(walk.sent[id(node)]))
-    probe = keras.Model(inputs[0], sums)
+    for index in indices:
+        sums.append(_sample_sums([built.at_output[index]]))
+        sums.append(_sample_sums(built.sent[index]))
+        sums.append(_spread(built, index))
+    probe = keras.Model(built.inputs[0], sums)
     values = probe.predict(np.asarray(x), batch_size=batch_size, verbose=0)
     report = []
-    for index, node in enumerate(nodes):
-        out, sent = values[2 * index], values[2 * index + 1]
+    for k, index in enumerate(indices):
+        step = plan.steps[index]
+        out, sent, spread = (values[3 * k + j][:len(x)] for j in range(3))
         scale = float(np.mean(np.abs(out)))
-        relative = float(np.mean(out - sent)) / scale if scale > 0 else 0.0
+        leak = float(np.mean(out - sent))
         record = dict(
-            layer=node.layer.name, type=type(node.layer).__name__,
-            rule=walk.rules.get(id(node)) if analysis.has_kernel(node.layer) else None,
+            layer=step.user_layer.name, type=type(step.user_layer).__name__, rule=step.rule,
             relevance_out=float(np.mean(out)), relevance_in=float(np.mean(sent)),
-            leak=float(np.mean(out - sent)), relative_leak=relative,
+            leak=leak, relative_leak=leak / scale if scale > 0 else 0.0,
+            spread_flat=float(np.mean(spread)),
         )
-        record["reason"] = (_reason(node.layer, record["rule"], record["leak"])
-                            if abs(record["relative_leak"]) > _TOLERANCE else None)
+        record["reason"] = (_reason(step) if abs(record["relative_leak"]) > _TOLERANCE
+                            else None)
         report.append(record)
     return report
+
+
+class _SpreadProbe(keras.layers.Layer):
+    """Calls a relevance layer's :meth:`~LinearRelevance.spread_flat_share` (reports only)."""
+
+    def __init__(self, reverse, **kwargs):
+        super().__init__(**kwargs)
+        self.reverse = reverse
+
+    def call(self, inputs):
+        return self.reverse.spread_flat_share(inputs)
+
+
+def _spread(built, index):
+    """Per sample, what the step's relevance layer spread flat (zero for other layers)."""
+    reverse = built.reverse.get(index)
+    if not isinstance(reverse, LinearRelevance):
+        return keras.ops.zeros_like(_sample_sums([built.at_output[index]]))
+    return _SpreadProbe(reverse)(built.calls[index])
 
 
 def _sample_sums(tensors):
@@ -74,40 +101,39 @@ def _sample_sums(tensors):
     return total
 
 
-def _reason(layer, rule, leak):
-    """Why relevance leaks at ``layer``, told from the layer and its rule."""
-    if isinstance(layer, keras.layers.BatchNormalization):
-        return "shift of an unfolded BatchNorm (affine ε-rule)"
+def _reason(step):
+    """Why relevance leaks at ``step``, told from the layer type and its rule."""
+    rule = step.rule
+    if step.layer_type.leak is not None:
+        return step.layer_type.leak
     if rule is None:
-        if isinstance(layer, (keras.layers.Add, keras.layers.Subtract)):
-            return "stabiliser: operands that (nearly) cancel"
-        return "stabiliser or zero denominators" if leak > 0 else "relevance created"
-    has_bias = getattr(layer, "bias", None) is not None and np.any(
-        keras.ops.convert_to_numpy(layer.bias) != 0)
+        return "relevance created" if step.layer_type.rules == () else "zero denominators"
     if isinstance(rule, (rules_lib.ZPlus, rules_lib.ZBox, rules_lib.WSquare, rules_lib.Flat)):
-        return ("dead units: no positive contribution (z⁺ denominator 0); the bias is ignored"
-                if isinstance(rule, rules_lib.ZPlus) else "units with a zero denominator")
+        return "units whose receptive field holds no input (padding only)"
     reasons = []
-    if has_bias:
+    bias = getattr(step.layer, "bias", None)
+    if bias is not None and np.any(keras.ops.convert_to_numpy(bias) != 0):
         reasons.append("bias")
+    elif step.context.position is None:
+        reasons.append("operands that (nearly) cancel")
     if isinstance(rule, rules_lib.Epsilon) and (rule.relative or rule.epsilon >= 1e-4):
         reasons.append("stabiliser ε")
     if isinstance(rule, rules_lib.AlphaBeta):
-        reasons.append("α-β on units with an empty positive or negative part")
-    return ", ".join(reasons) or "dead units (zero denominators)"
+        reasons.append("α-β: b⁺ in the positive denominator, β part")
+    return ", ".join(reasons) or "zero denominators"
 
 
 def format_report(report):
     """The report as an aligned text table."""
     header = ("layer", "type", "rule", "relevance out", "relevance in", "leak", "relative",
-              "reason")
+              "spread flat", "reason")
     rows = [header] + [
         (r["layer"], r["type"], "" if r["rule"] is None else type(r["rule"]).__name__,
          f"{r['relevance_out']:.4g}", f"{r['relevance_in']:.4g}", f"{r['leak']:.3g}",
-         f"{r['relative_leak']:.2%}", r["reason"] or "")
+         f"{r['relative_leak']:.2%}", f"{r['spread_flat']:.3g}", r["reason"] or "")
         for r in report
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(7)]
+    widths = [max(len(row[i]) for row in rows) for i in range(8)]
     return "\n".join(
-        ("  ".join(cell.ljust(w) for cell, w in zip(row[:7], widths)) + "  " + row[7]).rstrip()
+        ("  ".join(cell.ljust(w) for cell, w in zip(row[:8], widths)) + "  " + row[8]).rstrip()
         for row in rows)

@@ -10,17 +10,16 @@ import dataclasses
 import keras
 import numpy as np
 
-from tf_dtd import checks, composites
+from tf_dtd import checks
 from tf_dtd import rules as rules_lib
 from tf_dtd.model import analysis, canonize
-from tf_dtd.model import graph as graph_lib
-from tf_dtd.relevance import plan
+from tf_dtd.relevance.plan import decide
+from tf_dtd.report.info import layer_rows
 
 __all__ = ["Finding", "diagnose", "format_findings"]
 
 _DEEP_TAYLOR_RULES = (rules_lib.ZPlus, rules_lib.ZBox, rules_lib.WSquare)
 _RELU_LIKE = (None, "linear", "relu")
-_SQUASHERS = ("softmax", "sigmoid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,19 +53,17 @@ def diagnose(model, rules="deep_taylor_bounded", *, input_range=None, x=None):
         >>> for finding in tf_dtd.diagnose(model, "deep_taylor_bounded", input_range=(0, 1)):
         ...     print(finding.message)
     """
-    input_range = checks.check_input_range(input_range)
-    composite = composites.resolve(rules, input_range)
-    records = plan.layer_plan(model, composite, input_range=input_range)
+    plan = decide(model, rules, input_range=checks.check_input_range(input_range))
+    records = layer_rows(plan)
     findings = [Finding("unsupported_layer", (r["name"],), r["error"])
                 for r in records if r["error"]]
     deep_taylor = any(isinstance(r["rule"], _DEEP_TAYLOR_RULES) for r in records)
-    traced = graph_lib.trace(model)
-    findings += _activations(traced, deep_taylor)
-    findings += _interactions(traced)
-    if not any(f.kind == "unsupported_layer" for f in findings):
-        findings += _canonical_findings(traced, model.name)
+    findings += _activations(plan.traced, deep_taylor)
+    findings += _interactions(plan.traced)
+    if not plan.errors:
+        findings += _canonical_findings(plan)
     if x is not None:
-        findings += _inputs_outside(np.asarray(x), composite.first)
+        findings += _inputs_outside(np.asarray(x), plan.composite.first)
     return findings
 
 
@@ -85,7 +82,7 @@ def _activations(traced, deep_taylor):
     kinds = {}
     for node in traced.nodes:
         name = _activation_kind(node.layer)
-        if name in _RELU_LIKE or (node.layer is output_layer and name in _SQUASHERS):
+        if name in _RELU_LIKE or (node.layer is output_layer and name in canonize.OUTPUT_SQUASHERS):
             continue
         kinds.setdefault(name, []).append(node.layer.name)
     return [Finding("non_relu_activation", tuple(layers),
@@ -117,16 +114,18 @@ def _interactions(traced):
                     "relevance and holds LayerNorm's σ constant (see docs/layers.md).")]
 
 
-def _canonical_findings(traced, name):
+def _canonical_findings(plan):
     """Positive biases (after BatchNorm folding) and BatchNorms that could not be folded."""
-    canonical, origins = canonize.canonical_model(traced, name=f"{name}_diagnosis")
-    unfolded, biased, described = [], [], []
-    for layer in canonical.layers:
-        origin = origins.get(layer.name, layer).name
-        if isinstance(layer, keras.layers.BatchNormalization):
+    unfolded, unfolded_rules, biased, described = [], set(), [], []
+    for step in plan.steps:
+        if step.origin.role != "layer" or step.user_layer is None:
+            continue
+        origin = step.user_layer.name
+        if isinstance(step.user_layer, keras.layers.BatchNormalization):
             unfolded.append(origin)
-        elif analysis.has_kernel(layer) and getattr(layer, "bias", None) is not None:
-            values = keras.ops.convert_to_numpy(layer.bias)
+            unfolded_rules.add(type(step.rule).__name__)
+        elif step.context.position is not None and getattr(step.layer, "bias", None) is not None:
+            values = keras.ops.convert_to_numpy(step.layer.bias)
             if np.any(values > 0):
                 biased.append(origin)
                 described.append(f"{origin!r} ({int(np.sum(values > 0))}/{values.size}, "
@@ -136,16 +135,17 @@ def _canonical_findings(traced, name):
         findings.append(Finding(
             "unfoldable_batch_norm", tuple(unfolded),
             f"{len(unfolded)} BatchNormalization layer(s) ({_some(unfolded)}) do not directly "
-            "follow a Dense or convolution, so they cannot be folded: the affine ε-rule they get "
-            "lets the shift absorb relevance and amplifies it where s·x and the shift nearly "
-            "cancel; Composite(by_type={BatchNormalization: Pass()}) passes them through."))
+            "follow a Dense or convolution, so they cannot be folded: they are affine layers of "
+            f"their own and take the composite's rule ({', '.join(sorted(unfolded_rules))}). "
+            "Under LRP-0/ε the shift absorbs relevance and nearly cancelling terms amplify it; "
+            "z⁺ (the Deep Taylor presets) passes relevance through them unchanged."))
     if biased:
         findings.append(Finding(
             "positive_bias", tuple(biased),
             f"{len(biased)} kernel layer(s) have positive biases after BatchNorm folding "
             f"({_some(described, quote=False)}): a unit driven by its bias holds relevance no "
-            "input explains; z⁺ loses it, LRP-0/ε let the bias absorb it (the conservation "
-            "error shows how much)."))
+            "input explains; z⁺ spreads such a unit's relevance flat over its receptive field, "
+            "LRP-0/ε let the bias absorb it (conservation_report shows how much)."))
     return findings
 
 

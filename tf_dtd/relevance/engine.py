@@ -1,0 +1,277 @@
+"""The engine that runs a linear rule backwards through one linear map.
+
+:class:`LinearRelevance` is the base of every relevance layer that applies a rule of
+:mod:`tf_dtd.rules` — kernel layers (:mod:`tf_dtd.relevance.layers`) and the linear layers
+without a kernel of their own (:mod:`tf_dtd.relevance.maps`). A subclass says what its map is
+(:meth:`~LinearRelevance.linear`) and where its kernel and bias come from; the engine evaluates the
+rule's parts with the gradient trick, all as plain TF ops that ``tf.function`` and XLA compile:
+
+    z = Σ_terms f(input_t, kernel_t) (+ bias);  s = R / z;  R_in = Σ_terms input_t · (∂f/∂input)ᵀ s
+
+Vector-Jacobian products are taken with ``tf.GradientTape`` inside ``call``. Where a part's
+denominator is the layer's own output, the forward pass's ``z`` is used and the recomputed map
+only serves its transpose (graph pruning drops it). A part with ``fallback`` spreads the relevance
+of units with a zero denominator evenly over their receptive field (:meth:`flat`).
+"""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from tf_dtd import rules as rules_lib
+from tf_dtd.errors import InvalidArgumentError, describe
+
+__all__ = ["LinearRelevance", "vjp"]
+
+
+def _unplaced(denominator, share):
+    """The relevance of units whose denominator is exactly zero: no contribution to credit."""
+    dead = ops.logical_and(ops.equal(denominator, 0), ops.not_equal(share, 0))
+    return ops.where(dead, share, ops.zeros_like(share))
+
+
+def vjp(forward, inputs, cotangent):
+    """Run ``forward(*inputs)`` under a tape: ``(inputs, output, Jᵀ cotangent)``.
+
+    ``cotangent`` may be a function of the output (``lambda z: R / z``).
+    """
+    # Fresh identities: one tensor fed twice (e.g. Concatenate()([a, a])) gets one gradient each.
+    inputs = [tf.identity(x) for x in inputs]
+    with tf.GradientTape() as tape:
+        for x in inputs:
+            tape.watch(x)
+        z = forward(*inputs)
+    if callable(cotangent):
+        cotangent = cotangent(z)
+    grads = tape.gradient(z, inputs, output_gradients=ops.cast(cotangent, z.dtype),
+                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return inputs, z, [ops.cast(g, x.dtype) for g, x in zip(grads, inputs)]
+
+
+class LinearRelevance(keras.layers.Layer):
+    """Apply a linear rule backwards through a linear map of one or more inputs.
+
+    Args:
+        rule: a linear :class:`tf_dtd.rules.Rule` (or its serialised dict); ``None`` until the
+            rewriter assigns one (a kernel layer is created for the forward pass first).
+        nonnegative_input: the forward inputs are known to be ≥ 0 (lets the rule drop a⁻ terms).
+        constant_inputs: names of rule input constants (``rule.input_constants()``) passed as
+            extra call inputs instead of being derived from ``x`` (see ``Rule.input_constants``).
+        relevance_dtype: the dtype relevance is computed in (``"float32"`` or ``"float64"``);
+            the layer's compute dtype by default.
+
+    Call arguments:
+        inputs: ``[*xs, relevance, *constants]`` or ``[*xs, z, relevance, *constants]``: the
+            forward inputs of the map, optionally its output ``z`` (saves recomputing it), the
+            relevance at its output, and one tensor shaped like ``xs[0]`` per name in
+            ``constant_inputs``.
+
+    Returns:
+        Relevance at the forward input (a list for several inputs).
+    """
+
+    num_inputs = 1
+    nonnegative_kernel = False  # the map's weights are all >= 0 (average pooling, Add)
+
+    def __init__(self, rule=None, *, nonnegative_input=False, constant_inputs=(),
+                 relevance_dtype=None, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(rule, dict):
+            rule = rules_lib.deserialize(rule)
+        self.rule = rule
+        self.nonnegative_input = bool(nonnegative_input)
+        self.constant_inputs = tuple(constant_inputs)
+        self.relevance_dtype = relevance_dtype or self.compute_dtype
+
+    def configure(self, rule, *, nonnegative_input=False, constant_inputs=()):
+        """Set the rule (and what is known of the inputs) before the relevance call."""
+        if rule.applies_to != "linear":
+            raise InvalidArgumentError(
+                f"Layer {describe(self)} applies linear rules (Z, Epsilon, Gamma, AlphaBeta, "
+                f"ZPlus, ZBox, WSquare, Flat). Received: {rule!r}"
+            )
+        self.rule = rule
+        self.nonnegative_input = bool(nonnegative_input)
+        self.constant_inputs = tuple(constant_inputs)
+
+    # --- What a subclass defines ---
+
+    def linear(self, xs, kernel):
+        """The map without bias, applied to the list ``xs`` with ``kernel``."""
+        raise NotImplementedError
+
+    def kernel_value(self):
+        """The kernel the rules modify, in the relevance dtype."""
+        raise NotImplementedError
+
+    def bias_value(self):
+        """The bias, in the relevance dtype, or ``None`` (see :meth:`add_bias`)."""
+        return None
+
+    def add_bias(self, z, bias):
+        """``z`` plus a bias (or a modified bias) of the layer's bias shape."""
+        return z + bias
+
+    def flat(self, masks):
+        """``z_ij = 1`` over the receptive field: ``(count_j, transpose)`` where ``count_j`` is
+        the number of (masked) inputs feeding output ``j`` and ``transpose(s)`` sends ``s_j`` to
+        each of them. ``masks`` (one per input) mark the real inputs (zero padding excluded)."""
+        ones = ops.ones_like(self.kernel_value())
+        return self._flat_via(lambda *m: self.linear(list(m), ones), masks)
+
+    @staticmethod
+    def _flat_via(count_map, masks):
+        """``flat`` from a map that counts inputs, linear in ``masks``: its transpose is exact."""
+        def transpose(s):
+            return vjp(count_map, masks, s)[2]
+        return count_map(*masks), transpose
+
+    # --- The engine ---
+
+    def relevance(self, xs, z, relevance, constants):
+        """Relevance at each of ``xs`` (a list) under the layer's rule."""
+        dtype = self.relevance_dtype
+        xs = [ops.cast(x, dtype) for x in xs]
+        relevance = ops.cast(relevance, dtype)
+        constants = {k: ops.cast(v, dtype) for k, v in constants.items()}
+        if not constants:
+            self.rule.check_input_shape(tuple(xs[0].shape[1:]))
+        kernel, bias = self.kernel_value(), self.bias_value()
+        params = {}
+
+        def param(key):
+            if key not in params:
+                params[key] = self.rule.param(key, kernel, bias)
+            return params[key]
+
+        def plain():
+            if z is not None and keras.backend.standardize_dtype(z.dtype) == dtype:
+                return z
+            out = self.linear(xs, kernel)
+            return out if bias is None else self.add_bias(out, bias)
+
+        parts = self.rule.parts(nonnegative_input=self.nonnegative_input,
+                                nonnegative_kernel=self.nonnegative_kernel)
+        result = [ops.zeros_like(x) for x in xs]
+        output = None
+        for part in parts:
+            share = relevance
+            if part.where is not None:
+                output = plain() if output is None else output
+                keep = output >= 0 if part.where == "positive" else output < 0
+                share = ops.where(keep, relevance, ops.zeros_like(relevance))
+            if part.terms == rules_lib.FLAT_TERMS:
+                sent = self._spread_flat(xs, share, constants)
+            else:
+                reuse = plain() if part.is_output and z is not None else None
+                sent = self._part(part, xs, share, constants, param, bias, reuse)
+            result = [r + part.coefficient * s for r, s in zip(result, sent)]
+        return result
+
+    def _part(self, part, xs, share, constants, param, bias, output):
+        variants, forward = self._forward(part, xs, constants, param, bias)
+        denominator = {}
+
+        def cotangent(computed):
+            den = computed if output is None else output
+            den = rules_lib.stabilize(den, part.epsilon, relative=part.relative_epsilon)
+            denominator["value"] = den
+            return ops.divide_no_nan(share, den)
+
+        variants, _, grads = vjp(forward, variants, cotangent)
+        count = len(xs)
+        sent = [ops.zeros_like(x) for x in xs]
+        for index, (variant, grad) in enumerate(zip(variants, grads)):
+            sent[index % count] = sent[index % count] + variant * grad
+        if part.fallback:
+            lost = _unplaced(denominator["value"], share)
+            spread = ops.cond(ops.any(ops.not_equal(lost, 0)),
+                              lambda: self._spread_flat(xs, lost, constants),
+                              lambda: [ops.zeros_like(x) for x in xs])
+            sent = [s + f for s, f in zip(sent, spread)]
+        return sent
+
+    def _forward(self, part, xs, constants, param, bias):
+        """The part's input variants (flat list) and its map ``forward(*variants) -> z``."""
+        names = sorted({term.input for term in part.terms})
+        variants = [v for name in names for v in self._variant(name, xs, constants)]
+        count = len(xs)
+
+        def forward(*tensors):
+            by_name = {name: list(tensors[i * count:(i + 1) * count])
+                       for i, name in enumerate(names)}
+            total = sum(self.linear(by_name[t.input], param(t.kernel)) for t in part.terms)
+            if part.bias is not None and bias is not None:
+                total = self.add_bias(total, param(part.bias))
+            return total
+
+        return variants, forward
+
+    def spread_flat_share(self, inputs):
+        """Per sample, the relevance that parts with ``fallback`` spread flat (their units with a
+        zero denominator); ``inputs`` as for ``call``. What ``conservation_report`` shows."""
+        xs, z, relevance, constants = self._parse(inputs)
+        dtype = self.relevance_dtype
+        xs = [ops.cast(x, dtype) for x in xs]
+        relevance = ops.cast(relevance, dtype)
+        constants = {k: ops.cast(v, dtype) for k, v in constants.items()}
+        kernel, bias = self.kernel_value(), self.bias_value()
+        total = ops.zeros_like(relevance)
+        for part in self.rule.parts(nonnegative_input=self.nonnegative_input,
+                                    nonnegative_kernel=self.nonnegative_kernel):
+            if not part.fallback:
+                continue
+            variants, forward = self._forward(
+                part, xs, constants, lambda key: self.rule.param(key, kernel, bias), bias)
+            total = total + _unplaced(forward(*variants), relevance)
+        return ops.sum(ops.reshape(total, (ops.shape(total)[0], -1)), axis=1)
+
+    def _variant(self, name, xs, constants):
+        if name in constants:
+            return [constants[name]]
+        if len(xs) == 1:
+            return [self.rule.input(name, xs[0], constants)]
+        return [self.rule.input(name, x, {}) for x in xs]
+
+    def _spread_flat(self, xs, share, constants):
+        """Relevance ``share`` spread evenly over each unit's receptive field (real inputs)."""
+        masks = [self._real_inputs(x, constants) for x in xs]
+        count, transpose = self.flat(masks)
+        spread = transpose(ops.divide_no_nan(share, ops.cast(count, share.dtype)))
+        return [m * s for m, s in zip(masks, spread)]
+
+    @staticmethod
+    def _real_inputs(x, constants):
+        """1 where ``x`` holds an input value, 0 where it holds padding carried from the pixels."""
+        if "ones" in constants:
+            return constants["ones"]
+        if "low" in constants and "high" in constants:
+            return ops.cast(constants["high"] > constants["low"], x.dtype)
+        return ops.ones_like(x)
+
+    def _parse(self, inputs):
+        """``(xs, z or None, relevance, constants)`` from the call's input list."""
+        inputs = list(inputs)
+        constants = inputs[len(inputs) - len(self.constant_inputs):]
+        rest = inputs[:len(inputs) - len(self.constant_inputs)]
+        xs, tail = rest[:self.num_inputs], rest[self.num_inputs:]
+        if len(tail) not in (1, 2):
+            raise InvalidArgumentError(
+                f"{describe(self)} takes [*inputs ({self.num_inputs}), (output,) relevance, "
+                f"*constants {self.constant_inputs}]. Received: {len(inputs)} tensors"
+            )
+        z, relevance = (None, tail[0]) if len(tail) == 1 else tail
+        if self.rule is None:
+            raise InvalidArgumentError(f"{describe(self)} has no rule to apply.")
+        return xs, z, relevance, dict(zip(self.constant_inputs, constants))
+
+    def call(self, inputs):
+        result = self.relevance(*self._parse(inputs))
+        return result if self.num_inputs > 1 else result[0]
+
+    def get_config(self):
+        rule = None if self.rule is None else rules_lib.serialize(self.rule)
+        return {**super().get_config(), "rule": rule,
+                "nonnegative_input": self.nonnegative_input,
+                "constant_inputs": list(self.constant_inputs),
+                "relevance_dtype": self.relevance_dtype}
