@@ -28,6 +28,7 @@ import tensorflow as tf
 import tf_dtd
 from tf_dtd import rules
 from tf_dtd.composites import resolve
+from tf_dtd.relevance.plan import decide
 
 L = keras.layers
 BOX = (0.0, 1.0)
@@ -201,10 +202,12 @@ def per_sample(a):
 @pytest.mark.parametrize("config", CONFIG_IDS)
 @pytest.mark.parametrize("model_name", list(MODELS))
 def test_dead_units_and_zero_inputs_give_finite_relevance(model_name, config):
-    """Finite everywhere. Exactly 0 for the class whose logit is exactly 0, for the class with a
-    zero kernel column (its relevance goes to the bias, or is lost at a zero denominator: z⁺,
-    ``Σ (a w)⁺ = 0`` with a logit of 0.5) and for all-zero inputs where the first rule carries
-    the input. Then the same for a batch of all-zero inputs."""
+    """Finite everywhere. Exactly 0 for the class whose logit is exactly 0. The class with a
+    zero kernel column (logit 0.5 from its bias alone) gets 0 where the logit layer's rule lets
+    the bias absorb it (LRP-0, ε, γ, α-β with bias), and is spread flat, never lost, where the
+    rule has nothing to credit it to (z⁺, α-β without bias). For all-zero inputs where the first
+    rule carries the input, 0 too unless a unit spreads relevance flat. Then a batch of all-zero
+    inputs."""
     model = MODELS[model_name]()
     relevance = relevance_model(model_name, config)
     x = samples(model, 3)
@@ -217,16 +220,38 @@ def test_dead_units_and_zero_inputs_give_finite_relevance(model_name, config):
     assert np.all(logits[:, 0] > 0.5)
     np.testing.assert_array_equal(logits[:, ZERO_CLASS], 0.0)
     np.testing.assert_array_equal(logits[:, CONSTANT_CLASS], 0.5)
-    assert not np.any(heatmaps[3:]), "a class without input contributions got relevance"
-    if first_rule_carries_input(CONFIGS[config]):
+    assert not np.any(heatmaps[3:6]), "a class with logit 0 got relevance"
+    if _spreads_flat(model, config, "logits"):
+        assert np.all(per_sample(heatmaps[6:]).sum(axis=1) > 0), "the bias-driven logit vanished"
+    else:
+        assert not np.any(heatmaps[6:]), "a class without input contributions got relevance"
+    if first_rule_carries_input(CONFIGS[config]) and not _spreads_any(model, config):
         assert not np.any(heatmaps[1])
 
     zeros = np.zeros((4, *model.input_shape[1:]), "float32")  # a batch of all-zero inputs
     heatmaps, _ = run(relevance, zeros, np.array([0, 1, ZERO_CLASS, CONSTANT_CLASS], "int32"))
     assert np.all(np.isfinite(heatmaps))
-    assert not np.any(heatmaps[2:])
-    if first_rule_carries_input(CONFIGS[config]):
+    assert not np.any(heatmaps[2])
+    if not _spreads_flat(model, config, "logits"):
+        assert not np.any(heatmaps[3])
+    if first_rule_carries_input(CONFIGS[config]) and not _spreads_any(model, config):
         assert not np.any(heatmaps)
+
+
+def _fallback_rules(model, config):
+    """{layer name: whether its rule spreads the relevance of uncreditable units flat}."""
+    plan = decide(model, CONFIGS[config], input_range=BOX)
+    return {step.user_layer.name: any(part.fallback for part in step.rule.parts())
+            for step in plan.steps if step.user_layer is not None and step.rule is not None
+            and step.rule.applies_to == "linear"}
+
+
+def _spreads_flat(model, config, layer):
+    return _fallback_rules(model, config).get(layer, False)
+
+
+def _spreads_any(model, config):
+    return any(_fallback_rules(model, config).values())
 
 
 @pytest.mark.parametrize("config", CONFIG_IDS)
