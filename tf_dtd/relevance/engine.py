@@ -186,7 +186,7 @@ class LinearRelevance(keras.layers.Layer):
         if part.fallback:
             lost = _unplaced(denominator["value"], share)
             spread = ops.cond(ops.any(ops.not_equal(lost, 0)),
-                              lambda: self._spread_flat(xs, lost, constants),
+                              lambda: self._spread_unplaced(xs, lost, constants),
                               lambda: [ops.zeros_like(x) for x in xs])
             sent = [s + f for s, f in zip(sent, spread)]
         return sent
@@ -235,10 +235,26 @@ class LinearRelevance(keras.layers.Layer):
 
     def _spread_flat(self, xs, share, constants):
         """Relevance ``share`` spread evenly over each unit's receptive field (real inputs)."""
+        return self._spread([self._real_inputs(x, constants) for x in xs], share)[0]
+
+    def _spread_unplaced(self, xs, share, constants):
+        """The relevance of units a rule cannot credit (``share``), spread over each unit's
+        receptive field in proportion to the inputs' magnitude ``|a_i|``, so it stays on the
+        active inputs; evenly where every input of the unit is zero."""
         masks = [self._real_inputs(x, constants) for x in xs]
-        count, transpose = self.flat(masks)
-        spread = transpose(ops.divide_no_nan(share, ops.cast(count, share.dtype)))
-        return [m * s for m, s in zip(masks, spread)]
+        sent, left = self._spread([m * ops.abs(x) for m, x in zip(masks, xs)], share)
+        even = ops.cond(ops.any(ops.not_equal(left, 0)), lambda: self._spread(masks, left)[0],
+                        lambda: [ops.zeros_like(x) for x in xs])
+        return [s + e for s, e in zip(sent, even)]
+
+    def _spread(self, weights, share):
+        """``R_i = w_i Σ_j [i feeds j] share_j / Σ_i' w_i'``: ``share`` spread in proportion to
+        ``weights`` (one tensor per input), and the share of units whose weights are all 0."""
+        count, transpose = self.flat(weights)
+        count = ops.cast(count, share.dtype)
+        spread = transpose(ops.divide_no_nan(share, count))
+        left = ops.where(ops.equal(count, 0), share, ops.zeros_like(share))
+        return [w * s for w, s in zip(weights, spread)], left
 
     @staticmethod
     def _real_inputs(x, constants):

@@ -78,9 +78,10 @@ def average_pooling_of(layer):
 
 
 def max_pooling(layer, rule, context):
-    """Max-pooling: winner-take-all, or a linear rule on the average over the same windows."""
+    """Max-pooling: winner-take-all (exact ties share), or a linear rule on the average over the
+    same windows."""
     if isinstance(rule, rules_lib.WinnerTakeAll):
-        return route(layer, rule, context)
+        return maps.MaxPoolRelevance(layer, name=context.name, dtype=context.dtype)
     return linear_map(same_output=False)(average_pooling_of(layer), rule, context)
 
 
