@@ -72,6 +72,16 @@ def test_debug_raises_the_bug(tmp_path, monkeypatch):
                   "--out", str(tmp_path / "out")])
 
 
+def test_out_of_memory_is_not_a_bug(tmp_path, capsys, monkeypatch):
+    def exhausted(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(tf_dtd, "explain", exhausted)
+    status, err = main(capsys, "demo", "--out", tmp_path / "out")
+    assert status == 1
+    assert err == "tf-dtd: error: out of memory; try a smaller --batch-size\n"
+
+
 def test_inputs_outside_the_box_warn_in_one_line(tmp_path, capsys):
     images, _ = digits.load_samples()
     np.save(tmp_path / "bright.npy", images[:3] * np.array([1.0, 3.0, 1.0])[:, None, None, None])

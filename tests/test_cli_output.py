@@ -46,6 +46,24 @@ def test_overwrite_replaces_the_whole_output_set(tmp_path, pngs, capsys):
     assert os.listdir(tmp_path) == ["out"] and not leftovers(tmp_path)
 
 
+def test_overwrite_never_deletes_what_the_command_reads(tmp_path, pngs, capsys, monkeypatch):
+    (tmp_path / "mine.txt").write_text("the user's")
+    monkeypatch.chdir(tmp_path)
+    status, err = main(capsys, "explain", digits.MODEL_PATH, pngs / "digit_0.png", "--out", ".",
+                       "--overwrite")
+    assert status == 1
+    assert err == ("tf-dtd: error: --out '.' holds the current folder; --overwrite would delete "
+                   "it. Choose another folder.\n")
+
+    status, err = main(capsys, "explain", digits.MODEL_PATH, pngs / "digit_0.png", "--out", pngs,
+                       "--overwrite")
+    assert status == 1
+    assert err == (f"tf-dtd: error: --out '{pngs}' holds '{pngs / 'digit_0.png'}', which this "
+                   "command reads; --overwrite would delete it. Choose another folder.\n")
+    assert sorted(os.listdir(pngs)) == ["digit_0.png", "digit_1.png", "digit_2.png"]
+    assert os.listdir(tmp_path) == ["mine.txt"]
+
+
 def test_an_empty_output_folder_is_used(tmp_path, pngs, capsys):
     out = tmp_path / "out"
     out.mkdir()

@@ -54,27 +54,37 @@ def main(argv=None):
         except process.Interrupted as interruption:
             print(f"tf-dtd: interrupted by {interruption}", file=sys.stderr)
             return interruption.exit_status
-        except (TfDtdError, OSError, MemoryError) as error:  # the user's mistake
+        except BrokenPipeError:  # `tf-dtd info ... | head`: the reader has all it wants
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return process.EXIT_BROKEN_PIPE
+        except (TfDtdError, OSError) as error:  # a mistake in what the command was given
             if args.debug:
                 raise
             print(f"tf-dtd: error: {_message(error)}", file=sys.stderr)
             return process.EXIT_ERROR
-        except Exception as error:  # anything else is a bug in tf_dtd
+        except Exception as error:
             if args.debug:
                 raise
-            path = process.save_traceback(error, argv)
+            if _is_out_of_memory(error):
+                print("tf-dtd: error: out of memory; try a smaller --batch-size", file=sys.stderr)
+                return process.EXIT_ERROR
+            path = process.save_traceback(error, argv)  # anything else is a bug in tf_dtd
             print(f"tf-dtd: internal error: {type(error).__name__}: {_message(error)}. This is "
                   f"a bug in tf_dtd; the traceback is in {path} (please attach it to a bug "
                   "report).", file=sys.stderr)
             return process.EXIT_BUG
 
 
+def _is_out_of_memory(error):
+    tf = sys.modules.get("tensorflow")  # imported by then, if it can have raised
+    return isinstance(error, MemoryError) or (
+        tf is not None and isinstance(error, tf.errors.ResourceExhaustedError))
+
+
 def _message(error):
     if isinstance(error, OSError) and error.strerror:
         where = error.filename if error.filename is not None else ""
         return f"{error.strerror}: {where!r}" if where else error.strerror
-    if isinstance(error, MemoryError):
-        return "out of memory (try a smaller --batch-size)"
     return " ".join(str(error).split()) or type(error).__name__
 
 
@@ -229,7 +239,7 @@ def conservation_summary(sums, logits, rules):
 
 
 def _explain(args):
-    out = OutputFolder(args.out, overwrite=args.overwrite)
+    out = OutputFolder(args.out, overwrite=args.overwrite, reads=[args.model, *args.inputs])
     out.check()
     process.import_tensorflow(args.verbose)
     import tf_dtd
@@ -266,7 +276,7 @@ def _explain(args):
 
 
 def _export(args):
-    out = OutputFolder(args.outdir, overwrite=args.overwrite, option="OUTDIR")
+    out = OutputFolder(args.outdir, overwrite=args.overwrite, option="OUTDIR", reads=[args.model])
     out.check()
     tf, _ = process.import_tensorflow(args.verbose)
     import tf_dtd

@@ -29,16 +29,19 @@ class OutputFolder:
         overwrite: replace a folder that holds files (an earlier run); otherwise that is an
             :class:`OutputError`.
         option: how the command line names the folder, for messages (``--out``, ``OUTDIR``).
+        reads: the files and folders the command reads (model, inputs): ``overwrite`` refuses
+            to replace a folder that holds one of them, or the current folder.
 
     Example:
         >>> with OutputFolder("heatmaps", overwrite=True) as out:
         ...     out.write("a.png", lambda path: visualize.save_png(path, heatmap))
     """
 
-    def __init__(self, folder, *, overwrite=False, option="--out"):
+    def __init__(self, folder, *, overwrite=False, option="--out", reads=()):
         self.folder = folder
         self.overwrite = overwrite
         self.option = option
+        self.reads = tuple(reads)
         self.staging = None
         self.created_parents = []
 
@@ -51,10 +54,20 @@ class OutputFolder:
         """Raise :class:`OutputError` if the folder cannot receive this run's output."""
         if os.path.exists(self.folder) and not os.path.isdir(self.folder):
             raise OutputError(f"{self.option} {self.folder!r} is a file, not a folder.")
-        if os.path.isdir(self.folder) and not self.overwrite and self._listdir(self.folder):
+        if not os.path.isdir(self.folder) or not self._listdir(self.folder):
+            return
+        if not self.overwrite:
             raise OutputError(
                 f"{self.option} {self.folder!r} already holds files (an earlier run?). Pass "
                 "--overwrite to replace them, or choose another folder.")
+        target = os.path.realpath(self.folder)
+        for path in (os.getcwd(), *self.reads):
+            if os.path.commonpath([target, os.path.realpath(path)]) == target:
+                what = ("the current folder" if path == os.getcwd()
+                        else f"{path!r}, which this command reads")
+                raise OutputError(
+                    f"{self.option} {self.folder!r} holds {what}; --overwrite would delete it. "
+                    "Choose another folder.")
 
     def __enter__(self):
         self.check()

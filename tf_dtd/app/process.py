@@ -18,11 +18,12 @@ import sys
 import tempfile
 import traceback
 
-__all__ = ["EXIT_BUG", "EXIT_ERROR", "Interrupted", "SignalsToExceptions", "import_tensorflow",
-           "save_traceback", "signals_deferred"]
+__all__ = ["EXIT_BROKEN_PIPE", "EXIT_BUG", "EXIT_ERROR", "Interrupted", "SignalsToExceptions",
+           "import_tensorflow", "save_traceback", "signals_deferred"]
 
 EXIT_ERROR = 1  # the user's mistake: a bad file, argument or model (2: a malformed command line)
 EXIT_BUG = 70  # EX_SOFTWARE (sysexits.h): an unexpected exception, a bug in tf_dtd
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # stdout closed by its reader (`| head`), as shells do
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _active = []  # the SignalsToExceptions in force (at most one: the running command's)
