@@ -139,7 +139,8 @@ def _parser():
     explain.add_argument("--overlay", action="store_true",
                          help="draw heatmaps over the inputs instead of alone")
     explain.add_argument("--cmap", default="bwr", choices=COLORMAPS, help="colour map")
-    explain.add_argument("--batch-size", type=_positive, default=32)
+    explain.add_argument("--batch-size", type=_positive, default=32,
+                         help="inputs per batch (default: %(default)s)")
     explain.set_defaults(run=_explain)
 
     export = commands.add_parser("export", parents=[common, relevance, target, overwrite],
