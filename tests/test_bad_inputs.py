@@ -45,7 +45,8 @@ def test_explain_rejects_batches_of_the_wrong_rank_shape_or_dtype(model, bad, fr
 
 def test_predict_with_the_wrong_shape_raises(model):
     relevance_model = tf_dtd.relevance_model(model, input_range=(0.0, 1.0))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"expected shape=\(None, 6, 6, 2\), "
+                                         r"found shape=\(2, 6, 5, 2\)"):
         relevance_model.predict(np.zeros((2, 6, 5, 2)), verbose=0)
 
 
@@ -80,7 +81,7 @@ def test_class_ids_out_of_range_fail_at_predict_time(model, x, ids):
 
 def test_class_ids_of_the_wrong_length_or_dtype_are_errors(model, x):
     relevance_model = tf_dtd.relevance_model(model, "lrp_z", target="input")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Data cardinality is ambiguous"):
         relevance_model.predict([x, np.array([0, 1])], verbose=0)
     with pytest.raises(tf_dtd.InvalidArgumentError, match="one class id per sample"):
         tf_dtd.explain(model, x, "lrp_z", target=np.array([0, 1]))

@@ -1,34 +1,28 @@
 """The ``tf-dtd`` command, run as a user runs it: subprocesses in temporary folders.
 
 Main paths (demo, explain, export, info) and the failure contract — exit status 1, one line on
-stderr, no traceback, no half-written output — run in subprocesses; the remaining failure paths
-call ``tf_dtd.app.cli.main`` in-process (the same code, without another TensorFlow start-up).
+stderr naming what is wrong, no traceback, no half-written output — run in subprocesses, with
+the environment a user has (no ``TF_CPP_MIN_LOG_LEVEL``): a successful run prints nothing on
+stderr. The remaining failure paths call ``tf_dtd.app.cli.main`` in-process (the same code,
+without another TensorFlow start-up). More in tests/test_cli_*.py.
 """
 
 import csv
 import os
-import shutil
+import re
 import subprocess
 import sys
 import textwrap
+import zipfile
 
 import keras
 import numpy as np
 import pytest
+from cli_support import ENV, main, run, save, write
 from PIL import Image
 
 import tf_dtd
 from tf_dtd.app import cli, digits
-
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-
-
-def run(*args, cwd):
-    """``tf-dtd ARGS`` (the installed console script when present, else ``python -m tf_dtd``)."""
-    script = shutil.which("tf-dtd", path=os.path.dirname(sys.executable))
-    command = [script] if script else [sys.executable, "-m", "tf_dtd"]
-    return subprocess.run([*command, *map(str, args)], cwd=cwd, env=ENV, capture_output=True,
-                          text=True, timeout=300)
 
 
 def assert_clean_failure(result, *fragments):
@@ -58,6 +52,7 @@ def test_demo_writes_heatmaps_and_prints_predictions(tmp_path):
     result = run("demo", "--out", "demo", cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no TensorFlow start-up lines
     files = sorted(os.listdir(tmp_path / "demo"))
     assert "overview.png" in files and len(files) == 21
     with Image.open(tmp_path / "demo" / "digit_00_label_0.png") as image:
@@ -74,6 +69,9 @@ def test_explain_images_and_arrays_of_other_sizes(tmp_path, inputs):
                  inputs / "pair.npy", "--out", "out", cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [  # said once, as one line
+        "tf-dtd: warning: 1 of 2 images have another aspect ratio than the model input (32x32) "
+        "and were stretched to it: two.png"]
     out = tmp_path / "out"
     assert sorted(os.listdir(out)) == ["pair_0.png", "pair_1.png", "relevance.npz",
                                       "summary.csv", "three.png", "two.png"]
@@ -112,10 +110,11 @@ def test_explain_overlay_target_and_cmap(tmp_path, inputs):
 
 
 def test_export_then_serve_without_tf_dtd(tmp_path, inputs):
-    result = run("export", digits.MODEL_PATH, "exported", "--input-range", "0", "1",
-                 cwd=tmp_path)
+    # No --input-range: the box comes from --preprocess (default unit: [0, 1]), as in explain.
+    result = run("export", digits.MODEL_PATH, "exported", cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
     assert "[None, 32, 32, 1]" in result.stdout
     images, _ = digits.load_samples()
     np.save(tmp_path / "x.npy", images[:3])
@@ -140,6 +139,7 @@ def test_info_lists_layers_and_rules(tmp_path):
     result = run("info", digits.MODEL_PATH, "--rules", "lrp_epsilon_gamma_box", cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
     lines = result.stdout.splitlines()
     stem = next(line for line in lines if line.startswith("stem_conv"))
     assert "ZBox" in stem and "[first]" in stem
@@ -162,7 +162,7 @@ def test_failures_are_one_line_without_traceback_and_leave_nothing(tmp_path, inp
                                                                   unsupported_model):
     (tmp_path / "corrupt.keras").write_bytes(b"not a zip file")
     result = run("explain", "corrupt.keras", inputs / "two.png", "--out", "o", cwd=tmp_path)
-    assert_clean_failure(result, "Cannot read model", "corrupt.keras")
+    assert_clean_failure(result, "'corrupt.keras' is not a Keras model file")
     assert not (tmp_path / "o").exists()
 
     result = run("explain", unsupported_model, inputs / "two.png", "--out", "o", cwd=tmp_path)
@@ -174,48 +174,82 @@ def test_failures_are_one_line_without_traceback_and_leave_nothing(tmp_path, inp
     assert_clean_failure(result, "unit_norm")
 
 
-def _main(capsys, *args):
-    status = cli.main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return status, captured.err
+# Each user mistake, the message it must give (a regular expression on the one stderr line,
+# after "tf-dtd: error: "), and whether an existing output folder must be left alone.
+FAILURES = {
+    "missing_model": r"Model file '.*nope\.keras' does not exist\.$",
+    "text_file_named_keras": r"'.*notes\.keras' is not a Keras model file: a \.keras model is a "
+                             r"zip archive",
+    "corrupt_zip_model": r"Cannot read model '.*broken\.keras': ",
+    "model_without_suffix": r"Model '.*model\.txt' must be a \.keras or \.h5 file\.$",
+    "missing_input": r"Input '.*nope\.png' does not exist\.$",
+    "corrupt_image": r"Cannot read image '.*bad\.png': cannot identify image file",
+    "bad_array": r"Array '.*bad\.npy' must be \(H, W\), \(H, W, C\), \(N, H, W\) or "
+                 r"\(N, H, W, C\) with C 1 or 3\. Received: shape \(2, 3, 4, 5\)$",
+    "flat_array": r"Array '.*flat\.npy' cannot be images for the model's 32x32 input: read as "
+                  r"samples of 4x1024, .* Received: shape \(4, 1024\)$",
+    "not_an_image": r"Input '.*notes\.txt' is not an image \(\.png, \.jpg, \.jpeg, \.bmp\) "
+                    r"or a \.npy array\.$",
+    "export_folder_taken": r"OUTDIR '.*out' already holds files \(an earlier run\?\)\. Pass "
+                           r"--overwrite",
+    "explain_folder_taken": r"--out '.*out' already holds files \(an earlier run\?\)\. Pass "
+                            r"--overwrite",
+    "out_is_a_file": r"--out '.*out' is a file, not a folder\.$",
+    "export_under_a_file": r"OUTDIR '.*file\.txt/exported': cannot create the folder: Not a "
+                           r"directory\.$",
+    "caffe_box_for_gray_model": r"Preprocessing 'caffe' is for RGB models\. Received: a model "
+                                r"with 1 channel\(s\)",
+    "bad_input_range": r"input_range needs low < high everywhere\. Received: "
+                       r"input_range=\(1\.0, 0\.0\)$",
+    "target_out_of_range": r"target must be a class index in \[0, 10\)\. Received: target=12$",
+}
 
 
-@pytest.mark.parametrize("case", ["missing_model", "missing_input", "corrupt_image",
-                                  "bad_array", "not_an_image", "export_folder_taken",
-                                  "export_under_a_file", "export_without_box",
-                                  "bad_input_range"])
+@pytest.mark.parametrize("case", sorted(FAILURES))
 def test_failure_paths(case, tmp_path, inputs, capsys):
     out = tmp_path / "out"
     model = digits.MODEL_PATH
     args = {  # built lazily: each case writes only its own files
         "missing_model": lambda: ("explain", tmp_path / "nope.keras", inputs / "two.png"),
+        "text_file_named_keras": lambda: ("explain", write(tmp_path / "notes.keras", b"hi"),
+                                          inputs / "two.png"),
+        "corrupt_zip_model": lambda: ("info", _zip(tmp_path / "broken.keras")),
+        "model_without_suffix": lambda: ("export", write(tmp_path / "model.txt", b"x"), out),
         "missing_input": lambda: ("explain", model, tmp_path / "nope.png"),
         "corrupt_image": lambda: ("explain", model,
-                                  _write(tmp_path / "bad.png", b"\x89PNG broken")),
+                                  write(tmp_path / "bad.png", b"\x89PNG broken")),
         "bad_array": lambda: ("explain", model,
-                              _save(tmp_path / "bad.npy", np.zeros((2, 3, 4, 5)))),
-        "not_an_image": lambda: ("explain", model, _write(tmp_path / "notes.txt", b"hello")),
+                              save(tmp_path / "bad.npy", np.zeros((2, 3, 4, 5)))),
+        "flat_array": lambda: ("explain", model,
+                               save(tmp_path / "flat.npy", np.zeros((4, 1024)))),
+        "not_an_image": lambda: ("explain", model, write(tmp_path / "notes.txt", b"hello")),
         "export_folder_taken": lambda: ("export", model,
-                                        _write(out / "keep.txt", b"mine").parent,
+                                        write(out / "keep.txt", b"mine").parent,
                                         "--input-range", "0", "1"),
+        "explain_folder_taken": lambda: ("explain", model, inputs / "two.png", "--out",
+                                         write(out / "keep.txt", b"mine").parent),
+        "out_is_a_file": lambda: ("explain", model, inputs / "two.png", "--out",
+                                  write(out, b"a file")),
         "export_under_a_file": lambda: ("export", model,
-                                        _write(tmp_path / "file.txt", b"x") / "exported",
+                                        write(tmp_path / "file.txt", b"x") / "exported",
                                         "--rules", "lrp_z"),
-        "export_without_box": lambda: ("export", model, out, "--rules", "deep_taylor_bounded"),
+        "caffe_box_for_gray_model": lambda: ("export", model, out, "--preprocess", "caffe"),
         "bad_input_range": lambda: ("explain", model, inputs / "two.png",
                                     "--input-range", "1", "0"),
+        "target_out_of_range": lambda: ("export", model, out, "--target", "12"),
     }[case]()
-    if args[0] == "explain":
+    if args[0] == "explain" and "--out" not in args:
         args = (*args, "--out", out)
+    before = sorted(os.listdir(out)) if out.is_dir() else out.exists()
 
-    status, err = _main(capsys, *args)
+    status, err = main(capsys, *args)
 
-    assert status == 1
-    assert err.startswith("tf-dtd: error:") and err.count("\n") == 1, err
-    if case == "export_folder_taken":
-        assert os.listdir(out) == ["keep.txt"]
-    else:
-        assert not out.exists()
+    assert status == 1, err
+    lines = [line for line in err.splitlines() if not line.startswith("tf-dtd: warning:")]
+    assert len(lines) == 1 and lines[0].startswith("tf-dtd: error: "), err
+    assert re.search(FAILURES[case], lines[0][len("tf-dtd: error: "):]), lines[0]
+    assert (sorted(os.listdir(out)) if out.is_dir() else out.exists()) == before
+    assert not [name for name in os.listdir(tmp_path) if ".tf-dtd-" in name]
 
 
 def test_read_only_export_folder(tmp_path, capsys):
@@ -225,25 +259,22 @@ def test_read_only_export_folder(tmp_path, capsys):
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        status, err = _main(capsys, "export", digits.MODEL_PATH, locked / "exported",
+        status, err = main(capsys, "export", digits.MODEL_PATH, locked / "exported",
                             "--rules", "lrp_epsilon")
     finally:
         locked.chmod(0o700)
-    assert status == 1 and "Permission denied" in err
+    assert status == 1
+    assert re.fullmatch(r"tf-dtd: error: OUTDIR '.*locked/exported': cannot create the folder: "
+                        r"Permission denied\.\n", err), err  # the user's folder, not a staging one
     assert os.listdir(locked) == []
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    with pytest.raises(tf_dtd.TfDtdError):
+    with pytest.raises(tf_dtd.TfDtdError, match=r"Model file '.*nope\.keras' does not exist"):
         cli.main(["info", str(tmp_path / "nope.keras"), "--debug"])
 
 
-def _write(path, data):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
-
-
-def _save(path, array):
-    np.save(path, array)
+def _zip(path):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", "{not json")
     return path

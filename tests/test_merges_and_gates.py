@@ -405,7 +405,8 @@ def product_model(seed=24):
 
 def test_multiply_of_features_needs_split():
     model = product_model()
-    with pytest.raises(tf_dtd.UnsupportedLayerError) as info:
+    with pytest.raises(tf_dtd.UnsupportedLayerError,
+                       match=r"'product' \(Multiply\) multiplies 2 tensors") as info:
         tf_dtd.relevance_model(model, rules.Z())
     message = str(info.value)
     assert "product" in message and 'multiply="split"' in message

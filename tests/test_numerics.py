@@ -418,7 +418,7 @@ def test_empty_batch():
         assert any("ran out of data" in str(w.message) for w in caught)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        with pytest.raises(UnboundLocalError):
+        with pytest.raises(UnboundLocalError, match="batch_outputs"):
             relevance.predict(empty, batch_size=4, verbose=0)
 
     for result in (np.asarray(relevance(empty)), relevance.predict_on_batch(empty)):

@@ -491,8 +491,8 @@ def test_zbox_behind_average_pooling_conserves():
 
 
 def test_float64_context_restores_float32():
-    with pytest.raises(RuntimeError), float64():
+    with pytest.raises(RuntimeError, match="^failed inside$"), float64():
         assert keras.config.floatx() == "float64"
-        raise RuntimeError
+        raise RuntimeError("failed inside")
     assert keras.config.floatx() == "float32"
     assert keras.config.dtype_policy().name == "float32"

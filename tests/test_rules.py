@@ -252,7 +252,9 @@ def test_zbox_requires_low_below_high(low, high):
 
 
 def test_zbox_bounds_must_broadcast_to_a_sample():
-    with pytest.raises(tf_dtd.InvalidArgumentError):
+    with pytest.raises(tf_dtd.InvalidArgumentError,
+                       match=r"ZBox needs low and high of broadcastable shapes\. "
+                             r"Received: low\.shape=\(3,\), high\.shape=\(4,\)"):
         rules.ZBox(np.zeros(3), np.ones(4))
     layer = DenseRelevance.from_kernel(rules.ZBox(np.zeros(3), np.ones(3)), np.ones((5, 2)))
     with pytest.raises(tf_dtd.InvalidArgumentError, match="broadcast"):

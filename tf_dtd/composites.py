@@ -13,6 +13,7 @@ import keras
 
 from tf_dtd import registry, rules
 from tf_dtd.errors import InvalidArgumentError
+from tf_dtd.preset_names import PRESET_NAMES  # the names' TF-free home (for the command line)
 
 __all__ = ["Composite", "PRESETS", "resolve"]
 
@@ -227,9 +228,10 @@ def resolve(rules_arg, input_range=None):
     if isinstance(rules_arg, rules.Rule):
         return Composite(default=rules_arg)
     if isinstance(rules_arg, str):
-        if rules_arg not in PRESETS:
+        if rules_arg not in PRESET_NAMES:
             raise InvalidArgumentError(
-                f"Unknown preset. Expected one of {sorted(PRESETS)}. Received: rules={rules_arg!r}"
+                f"Unknown preset. Expected one of {sorted(PRESET_NAMES)}. "
+                f"Received: rules={rules_arg!r}"
             )
         return PRESETS[rules_arg](input_range)
     raise InvalidArgumentError(

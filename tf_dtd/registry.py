@@ -103,8 +103,12 @@ class LayerType:
                    for kind in self.rules)
 
 
-def register(layer_class, layer_type):
-    """Record ``layer_type`` for ``layer_class`` (and its subclasses without a record)."""
+def register(layer_class, layer_type, *, builtin=False):
+    """Record ``layer_type`` for ``layer_class`` (and its subclasses without a record).
+
+    A ``builtin`` record never replaces one a user registered before tf_dtd's built-in layer
+    types were loaded.
+    """
     if not isinstance(layer_class, type):
         raise InvalidArgumentError(
             f"register_layer_rule needs a layer class. Received: layer_class={layer_class!r}"
@@ -114,7 +118,10 @@ def register(layer_class, layer_type):
             f"register_layer_rule needs a callable handler. Received: "
             f"handler={layer_type.handler!r}"
         )
-    _TYPES[layer_class] = layer_type
+    if builtin:
+        _TYPES.setdefault(layer_class, layer_type)
+    else:
+        _TYPES[layer_class] = layer_type
 
 
 def register_layer_rule(layer_class, handler):

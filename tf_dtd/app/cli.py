@@ -1,80 +1,136 @@
 """The ``tf-dtd`` command: heatmaps, SavedModel export and a layer report from the shell.
 
-    tf-dtd demo [--out DIR]
-    tf-dtd explain MODEL INPUT... [--rules PRESET] [--input-range L H] [--target max|N]
-                   [--out DIR] [--overlay] [--cmap NAME] [--batch-size N] [--preprocess NAME]
-    tf-dtd export MODEL OUTDIR [--rules PRESET] [--input-range L H] [--target max|N]
-    tf-dtd info MODEL [--rules PRESET] [--input-range L H]
+    tf-dtd demo [--out DIR] [--rules PRESET] [--overwrite]
+    tf-dtd explain MODEL INPUT... [--out DIR] [--overwrite] [relevance options] [--overlay]
+                   [--cmap NAME] [--batch-size N]
+    tf-dtd export MODEL OUTDIR [--overwrite] [relevance options]
+    tf-dtd info MODEL [--rules PRESET] [--input-range L H] [--preprocess NAME]
 
-A failure (missing or corrupt model or image, unsupported layer, bad argument) prints one line on
-stderr and exits with status 1 (2 for a malformed command line); ``--debug`` shows the traceback.
-Outputs are written only once everything is computed, each file atomically, and the files of a
-failed run are removed: no half-written output is left behind.
+relevance options: --rules PRESET, --input-range L H, --preprocess NAME (the box when
+--input-range is not given), --target max|N — the same for ``explain`` and ``export``.
+
+Exit status: 0 done; 1 the user's mistake (a missing or unreadable file, a bad model, argument or
+output folder: one line ``tf-dtd: error: ...`` on stderr); 2 a malformed command line; 70 a bug
+in tf_dtd (the traceback goes to a file named on stderr); 130 / 143 interrupted by SIGINT /
+SIGTERM. Output appears whole or not at all (see :mod:`tf_dtd.app.output`). ``--help`` and
+argument errors answer without starting TensorFlow; its start-up messages are hidden unless
+``--verbose``.
 """
 
 import argparse
 import csv
 import io
 import os
-import shutil
 import sys
-import tempfile
+import warnings
+import zipfile
 
 import numpy as np
 
+from tf_dtd.app import process
 from tf_dtd.app.inputs import PREPROCESSING
-from tf_dtd.composites import PRESETS
+from tf_dtd.app.output import OutputFolder
 from tf_dtd.errors import TfDtdError
+from tf_dtd.preset_names import BOX_PRESETS, PRESET_NAMES
 from tf_dtd.visualize import COLORMAPS
 
 __all__ = ["main"]
 
-
-_BOX_PRESETS = ("deep_taylor_bounded", "lrp_epsilon_gamma_box")  # they need an input range
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 class CommandError(TfDtdError):
-    """A failure the command reports in one line (bad file, bad argument)."""
+    """A mistake in what the user gave the command (a file, an argument); one line, status 1."""
 
 
 def main(argv=None):
-    """Run the ``tf-dtd`` command line; returns the exit status."""
+    """Run the ``tf-dtd`` command line; returns the exit status (see the module doc)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
-    try:
-        return args.run(args) or 0
-    except Exception as error:  # one line, no traceback: the contract of the command
-        if args.debug:
-            raise
-        known = isinstance(error, (TfDtdError, OSError, ValueError))
-        kind = "" if known else f"{type(error).__name__}: "
-        hint = "" if known else " (run with --debug for the traceback)"
-        print(f"tf-dtd: error: {kind}{error}{hint}".replace("\n", " "), file=sys.stderr)
-        return 1
+    with process.SignalsToExceptions(), warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return args.run(args) or 0
+        except process.Interrupted as interruption:
+            print(f"tf-dtd: interrupted by {interruption}", file=sys.stderr)
+            return interruption.exit_status
+        except BrokenPipeError:  # `tf-dtd info ... | head`: the reader has all it wants
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return process.EXIT_BROKEN_PIPE
+        except (TfDtdError, OSError) as error:  # a mistake in what the command was given
+            if args.debug:
+                raise
+            print(f"tf-dtd: error: {_message(error)}", file=sys.stderr)
+            return process.EXIT_ERROR
+        except Exception as error:
+            if args.debug:
+                raise
+            if _is_out_of_memory(error):
+                print("tf-dtd: error: out of memory; try a smaller --batch-size", file=sys.stderr)
+                return process.EXIT_ERROR
+            path = process.save_traceback(error, argv)  # anything else is a bug in tf_dtd
+            print(f"tf-dtd: internal error: {type(error).__name__}: {_message(error)}. This is "
+                  f"a bug in tf_dtd; the traceback is in {path} (please attach it to a bug "
+                  "report).", file=sys.stderr)
+            return process.EXIT_BUG
+
+
+def _is_out_of_memory(error):
+    tf = sys.modules.get("tensorflow")  # imported by then, if it can have raised
+    return isinstance(error, MemoryError) or (
+        tf is not None and isinstance(error, tf.errors.ResourceExhaustedError))
+
+
+def _message(error):
+    if isinstance(error, OSError) and error.strerror:
+        where = error.filename if error.filename is not None else ""
+        return f"{error.strerror}: {where!r}" if where else error.strerror
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"tf-dtd: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 def _parser():
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show tracebacks of failures")
-    rules = argparse.ArgumentParser(add_help=False)
-    rules.add_argument("--rules", default="deep_taylor_bounded", choices=sorted(PRESETS),
-                       help="rule preset (default: deep_taylor_bounded)")
-    rules.add_argument("--input-range", nargs=2, type=float, metavar=("LOW", "HIGH"),
-                       help="the box the model inputs live in (default: from --preprocess)")
+    common.add_argument("--debug", action="store_true",
+                        help="raise failures with their traceback instead of one line")
+    common.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's start-up and log messages")
+
+    relevance = argparse.ArgumentParser(add_help=False)
+    group = relevance.add_argument_group("relevance options")
+    group.add_argument("--rules", default="deep_taylor_bounded", choices=PRESET_NAMES,
+                       metavar="PRESET", help="rule preset: %(choices)s (default: %(default)s)")
+    group.add_argument("--input-range", nargs=2, type=float, metavar=("LOW", "HIGH"),
+                       help="the box the model inputs live in, for z^B (default: from "
+                            "--preprocess)")
+    group.add_argument("--preprocess", default="unit", choices=PREPROCESSING,
+                       help="how image pixels become model inputs, which also sets the box: "
+                            "unit = /255 in [0, 1] (default), raw, tf, caffe, torch; .npy "
+                            "arrays are used as they are")
     target = argparse.ArgumentParser(add_help=False)
-    target.add_argument("--target", default="max", type=_target,
-                        help="'max' (the top class, default) or a class index")
+    target.add_argument_group("relevance options").add_argument(
+        "--target", default="max", type=_target,
+        help="'max' (the top class, default) or a class index")
+    overwrite = argparse.ArgumentParser(add_help=False)
+    overwrite.add_argument("--overwrite", action="store_true",
+                           help="replace an output folder that holds an earlier run")
 
     parser = argparse.ArgumentParser(
-        prog="tf-dtd", description="Deep Taylor / LRP heatmaps for Keras models.")
+        prog="tf-dtd", description="Deep Taylor / LRP heatmaps for Keras models.",
+        epilog="Exit status: 0 done, 1 error in the input, 2 bad command line, 70 bug in tf_dtd, "
+               "130/143 interrupted. See docs/cli.md.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = commands.add_parser("demo", parents=[common],
+    demo = commands.add_parser("demo", parents=[common, overwrite],
                                help="explain the shipped digits model on its sample digits")
-    demo.add_argument("--rules", default="deep_taylor_bounded", choices=sorted(PRESETS),
-                      help="rule preset (default: deep_taylor_bounded)")
+    demo.add_argument("--rules", default="deep_taylor_bounded", choices=PRESET_NAMES,
+                      metavar="PRESET", help="rule preset (default: %(default)s)")
     demo.add_argument("--out", default="tf-dtd-demo", help="output folder (default: %(default)s)")
     demo.set_defaults(run=_demo)
 
-    explain = commands.add_parser("explain", parents=[common, rules, target],
+    explain = commands.add_parser("explain", parents=[common, relevance, target, overwrite],
                                   help="heatmaps of images or .npy arrays under a model")
     explain.add_argument("model", help="a .keras or .h5 model file")
     explain.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -83,21 +139,19 @@ def _parser():
     explain.add_argument("--overlay", action="store_true",
                          help="draw heatmaps over the inputs instead of alone")
     explain.add_argument("--cmap", default="bwr", choices=COLORMAPS, help="colour map")
-    explain.add_argument("--batch-size", type=int, default=32)
-    explain.add_argument("--preprocess", default="unit", choices=PREPROCESSING,
-                         help="how image pixels become model inputs (default: unit = /255); "
-                              ".npy arrays are used as they are")
+    explain.add_argument("--batch-size", type=_positive, default=32,
+                         help="inputs per batch (default: %(default)s)")
     explain.set_defaults(run=_explain)
 
-    export = commands.add_parser("export", parents=[common, rules, target],
+    export = commands.add_parser("export", parents=[common, relevance, target, overwrite],
                                  help="export the relevance model as a SavedModel")
-    export.add_argument("model")
-    export.add_argument("outdir")
+    export.add_argument("model", help="a .keras or .h5 model file")
+    export.add_argument("outdir", help="the SavedModel folder to write")
     export.set_defaults(run=_export)
 
-    info = commands.add_parser("info", parents=[common, rules],
+    info = commands.add_parser("info", parents=[common, relevance],
                                help="list the layers, the rule each gets, what is unsupported")
-    info.add_argument("model")
+    info.add_argument("model", help="a .keras or .h5 model file")
     info.set_defaults(run=_info)
     return parser
 
@@ -112,22 +166,34 @@ def _target(value):
             f"expected 'max' or a class index, got {value!r}") from None
 
 
+def _positive(value):
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
+    return number
+
+
 # --- Commands ---
 
 def _demo(args):
+    out = OutputFolder(args.out, overwrite=args.overwrite)
+    out.check()
+    process.import_tensorflow(args.verbose)
     import tf_dtd
     from tf_dtd import visualize
     from tf_dtd.app import digits
 
     model = digits.load_model()
     images, labels = digits.load_samples()
-    relevance_model = tf_dtd.relevance_model(model, args.rules, input_range=digits.INPUT_RANGE,
-                                             return_prediction=True)
-    relevance, logits = relevance_model.predict(images, verbose=0)
+    relevance, logits = tf_dtd.explain(model, images, args.rules, input_range=digits.INPUT_RANGE,
+                                       return_prediction=True)
     predicted = logits.argmax(axis=1)
     names = [f"digit_{i:02d}_label_{label}" for i, label in enumerate(labels)]
     pictures = [np.repeat(np.round(image * 255).astype("uint8"), 3, axis=-1) for image in images]
-    with _Output(args.out) as out:
+    with out:
         for name, heatmap in zip(names, relevance):
             out.write(f"{name}.png", lambda path, h=heatmap: visualize.save_png(path, h))
         tiles, captions = [], []
@@ -144,31 +210,53 @@ def _demo(args):
         print(f"{name:<24}{labels[i]:>6}{predicted[i]:>10}{logit:>10.4f}"
               f"{relevance[i].sum():>15.4f}")
     explained = logits[np.arange(len(logits)), predicted]
-    error = np.abs(relevance.reshape(len(relevance), -1).sum(axis=1) - explained)
-    print(f"{np.mean(predicted == labels):.0%} correct. Rules {args.rules}: the heatmaps sum to "
-          f"the logit within {np.max(error / np.abs(explained)):.1e} (relative).")
+    sums = relevance.reshape(len(relevance), -1).sum(axis=1)
+    print(f"{np.mean(predicted == labels):.0%} correct. Rules {args.rules}: "
+          f"{conservation_summary(sums, explained, args.rules)}")
     print(f"Wrote {len(names)} heatmaps and overview.png to {args.out}/")
 
 
+def conservation_summary(sums, logits, rules):
+    """One sentence on where the explained logits went: kept, absorbed or created relevance.
+
+    Args:
+        sums: each heatmap's total relevance.
+        logits: each sample's explained logit.
+        rules: the preset's name (its ε, if any, is named as an absorber).
+    """
+    sums, logits = np.asarray(sums, "float64"), np.asarray(logits, "float64")
+    error = np.abs(sums - logits) / np.maximum(np.abs(logits), 1e-12)
+    if np.max(error) < 1e-4:
+        return f"each heatmap sums to its logit (within {np.max(error):.0e} relative)."
+    kept = sums / np.where(logits == 0, np.nan, logits)  # each heatmap's share of its logit
+    absorbed = 1.0 - np.nanmean(kept)
+    where = (f"the heatmap sums range from {np.nanmin(kept):.0%} to {np.nanmax(kept):.0%} of "
+             "the logit")
+    if absorbed < 0:
+        return (f"the rules created {-absorbed:.0%} more relevance than the logit on average "
+                f"({where}).")
+    absorbers = "ε and biases" if "epsilon" in rules else "biases"
+    return f"{absorbers} absorbed {absorbed:.0%} of the logit on average ({where})."
+
+
 def _explain(args):
+    out = OutputFolder(args.out, overwrite=args.overwrite, reads=[args.model, *args.inputs])
+    out.check()
+    process.import_tensorflow(args.verbose)
     import tf_dtd
     from tf_dtd import visualize
     from tf_dtd.app import inputs
 
-    if args.batch_size < 1:
-        raise CommandError(f"--batch-size must be >= 1. Received: {args.batch_size}")
     model = _load_model(args.model)
     files = inputs.collect(args.inputs)
-    input_shape = tuple(model.input_shape[1:])
-    x, names, pictures = inputs.load_inputs(files, input_shape, args.preprocess)
-    input_range = args.input_range or inputs.preprocessing_box(args.preprocess, input_shape[-1])
-    relevance_model = tf_dtd.relevance_model(model, args.rules, input_range=input_range,
-                                             target=args.target, return_prediction=True)
-    verbose = 1 if len(x) > args.batch_size else 0  # a progress bar for many inputs
-    relevance, logits = relevance_model.predict(x, batch_size=args.batch_size, verbose=verbose)
+    x, names, pictures = inputs.load_inputs(files, _image_shape(model), args.preprocess)
+    verbose = 1 if len(x) > args.batch_size else 0  # a progress bar (stdout) for many inputs
+    relevance, logits = tf_dtd.explain(
+        model, x, args.rules, input_range=_input_range(args, model), target=args.target,
+        return_prediction=True, batch_size=args.batch_size, verbose=verbose)
     predicted = logits.argmax(axis=1)
     explained = predicted if args.target == "max" else np.full(len(x), args.target)
-    with _Output(args.out) as out:
+    with out:
         for i, name in enumerate(names):
             if args.overlay:
                 picture = pictures[i] if pictures[i] is not None else _as_picture(x[i])
@@ -189,30 +277,17 @@ def _explain(args):
 
 
 def _export(args):
-    import tensorflow as tf
-
+    out = OutputFolder(args.outdir, overwrite=args.overwrite, option="OUTDIR", reads=[args.model])
+    out.check()
+    tf, _ = process.import_tensorflow(args.verbose)
     import tf_dtd
 
-    if args.input_range is None and args.rules in _BOX_PRESETS:
-        raise CommandError(f"--rules {args.rules} needs the input box: pass --input-range LOW "
-                           "HIGH, e.g. --input-range 0 1 for inputs in [0, 1].")
     model = _load_model(args.model)
-    outdir = os.path.abspath(args.outdir)
-    if os.path.exists(outdir) and (not os.path.isdir(outdir) or os.listdir(outdir)):
-        raise CommandError(f"{args.outdir!r} exists and is not an empty folder.")
-    relevance_model = tf_dtd.relevance_model(model, args.rules, input_range=args.input_range,
-                                             target=args.target)
-    parent = os.path.dirname(outdir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".tf-dtd-export-", dir=parent)
-    try:
-        relevance_model.export(staging, verbose=False)
-        if os.path.isdir(outdir):
-            os.rmdir(outdir)  # empty, checked above
-        os.replace(staging, outdir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    loaded = tf.saved_model.load(outdir)  # held: its variables must outlive the signature
+    relevance_model = tf_dtd.relevance_model(model, args.rules, target=args.target,
+                                             input_range=_input_range(args, model))
+    with out:
+        out.fill(lambda path: relevance_model.export(path, verbose=False))
+    loaded = tf.saved_model.load(args.outdir)  # held: its variables must outlive the signature
     serve = loaded.signatures["serving_default"]
     (inputs,) = serve.structured_input_signature[1].values()
     (outputs,) = serve.structured_outputs.values()
@@ -223,44 +298,75 @@ def _export(args):
 
 
 def _info(args):
+    process.import_tensorflow(args.verbose)
     from tf_dtd.relevance.plan import decide
+    from tf_dtd.report.diagnosis import diagnose, format_findings
     from tf_dtd.report.info import format_plan
 
     model = _load_model(args.model)
-    input_range = args.input_range
-    note = ""
-    if input_range is None and args.rules in _BOX_PRESETS:
-        input_range, note = (0.0, 1.0), " (input range assumed [0, 1]; see --input-range)"
+    input_range = _input_range(args, model)
     plan = decide(model, args.rules, input_range=input_range)
     print(f"Model {model.name!r}: input {model.input_shape}, output {model.output_shape}; "
-          f"rules {args.rules}{note}")
+          f"rules {args.rules}{_box_note(args, input_range)}")
     print(format_plan(plan))
     unsupported = [step.user_layer.name for step in plan.errors]
-    if not unsupported:
-        from tf_dtd.report.diagnosis import diagnose, format_findings
-
-        print("\nDeep Taylor assumptions:")
-        print(format_findings(diagnose(model, args.rules, input_range=input_range)))
     if unsupported:
         raise CommandError(f"{len(unsupported)} unsupported layer(s): {', '.join(unsupported)}")
+    print("\nDeep Taylor assumptions:")
+    print(format_findings(diagnose(model, args.rules, input_range=input_range)))
 
 
 # --- Helpers ---
 
+def _input_range(args, model):
+    """The z^B box: ``--input-range``, else the one ``--preprocess`` gives the model's inputs."""
+    if args.input_range is not None:
+        return tuple(args.input_range)
+    from tf_dtd.app.inputs import preprocessing_box
+
+    channels = model.input_shape[-1] if isinstance(model.input_shape, tuple) else None
+    return preprocessing_box(args.preprocess, channels)
+
+
+def _box_note(args, input_range):
+    if args.rules not in BOX_PRESETS:
+        return ""
+    low, high = (np.round(np.asarray(bound, "float64"), 4).tolist() for bound in input_range)
+    source = "--input-range" if args.input_range is not None else f"--preprocess {args.preprocess}"
+    return f", input box [{low}, {high}] from {source}"
+
+
+def _image_shape(model):
+    shape = model.input_shape
+    if not isinstance(shape, tuple) or len(shape) != 4:
+        raise CommandError(
+            "tf-dtd explain reads images for models with one input of shape (height, width, 1 "
+            f"or 3 channels). Received: model {model.name!r} with input shape {shape}")
+    return tuple(shape[1:])
+
+
 def _load_model(path):
     import keras
-
-    import tf_dtd  # noqa: F401  (registers tf_dtd layers, for saved relevance models)
 
     if not os.path.exists(path):
         raise CommandError(f"Model file {path!r} does not exist.")
     if os.path.isdir(path) or not path.endswith((".keras", ".h5")):
         raise CommandError(f"Model {path!r} must be a .keras or .h5 file.")
     try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(_HDF5_SIGNATURE))
+    except OSError as error:
+        raise CommandError(f"Cannot read model {path!r}: {error.strerror}.") from None
+    kind = ("a zip archive" if path.endswith(".keras") else "an HDF5 file")
+    if (not zipfile.is_zipfile(path) if path.endswith(".keras") else head != _HDF5_SIGNATURE):
+        raise CommandError(f"{path!r} is not a Keras model file: a {os.path.splitext(path)[1]} "
+                           f"model is {kind}, as model.save writes it.")
+    try:
         return keras.models.load_model(path)
     except Exception as error:
+        first_line = str(error).splitlines()[0] if str(error) else ""
         raise CommandError(f"Cannot read model {path!r}: {type(error).__name__}: "
-                           f"{str(error).splitlines()[0] if str(error) else ''}") from error
+                           f"{first_line}") from error
 
 
 def _as_picture(sample):
@@ -284,42 +390,3 @@ def _save_csv(path, rows):
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(text.getvalue())
 
-
-class _Output:
-    """An output folder whose files appear whole or not at all.
-
-    Each file is written to a temporary name and renamed into place; if the ``with`` block
-    fails, the files it wrote (and the folder, if it created it) are removed again.
-    """
-
-    def __init__(self, folder):
-        self.folder = folder
-        self.written = []
-
-    def __enter__(self):
-        self.created = not os.path.isdir(self.folder)
-        os.makedirs(self.folder, exist_ok=True)
-        return self
-
-    def write(self, name, save):
-        """Call ``save(temporary_path)``, then move the file to ``folder/name``."""
-        final = os.path.join(self.folder, name)
-        handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(name)[1],
-                                             dir=self.folder)
-        os.close(handle)
-        try:
-            save(temporary)
-            os.replace(temporary, final)
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
-        self.written.append(final)
-
-    def __exit__(self, kind, error, traceback):
-        if kind is not None:
-            for path in self.written:
-                if os.path.exists(path):
-                    os.remove(path)
-            if self.created and not os.listdir(self.folder):
-                os.rmdir(self.folder)
-        return False

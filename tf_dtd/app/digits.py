@@ -19,6 +19,7 @@ Example:
 import os
 
 import numpy as np
+
 from tf_dtd.errors import InvalidArgumentError
 
 __all__ = [

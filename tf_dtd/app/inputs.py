@@ -1,8 +1,10 @@
 """Read images and arrays into a model's input: what ``tf-dtd explain`` feeds the model.
 
 Image files (PNG, JPEG, BMP) are converted to the model's channel count (grayscale or RGB),
-resized to its input size (bilinear) and preprocessed by a named scheme; ``.npy`` arrays are taken
-as already preprocessed model inputs and only resized (and converted between 1 and 3 channels).
+resized to its input size (bilinear; one warning lists the images that had another aspect ratio
+and were stretched) and preprocessed by a named scheme; ``.npy`` arrays are taken as already
+preprocessed model inputs and only resized — keeping their aspect ratio, anything else is an
+error — and converted between 1 and 3 channels.
 
 Preprocessing schemes, with the z^B box each implies (``input_range``):
 
@@ -18,6 +20,7 @@ torch     (pixels / 255 − ImageNet mean) / ImageNet std  per channel
 """
 
 import os
+import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -43,7 +46,12 @@ def collect(paths):
     files = []
     for path in paths:
         if os.path.isdir(path):
-            found = sorted(os.path.join(path, name) for name in os.listdir(path)
+            try:
+                names = os.listdir(path)
+            except OSError as error:
+                raise InvalidArgumentError(
+                    f"Cannot read folder {path!r}: {error.strerror}.") from None
+            found = sorted(os.path.join(path, name) for name in names
                            if name.lower().endswith(IMAGE_SUFFIXES + (".npy",)))
             files.extend(found)
         elif os.path.isfile(path):
@@ -67,6 +75,13 @@ def load_inputs(files, input_shape, preprocessing="unit"):
         ``(x, names, pictures)``: the float32 batch, one name per sample (the file's stem, with
         ``_<i>`` for the samples of a multi-sample ``.npy``) and, per sample, the RGB uint8
         picture to overlay heatmaps on (``None`` for ``.npy`` samples).
+
+    Raises:
+        InvalidArgumentError: a file cannot be read, or an array cannot be an image for the
+            model (see :func:`collect` for missing files).
+
+    Warns:
+        UserWarning: once, naming the images stretched to another aspect ratio.
     """
     if len(input_shape) != 3 or input_shape[-1] not in (1, 3) or None in input_shape:
         raise InvalidArgumentError(
@@ -78,7 +93,7 @@ def load_inputs(files, input_shape, preprocessing="unit"):
             f"Unknown preprocessing. Expected one of {PREPROCESSING}. "
             f"Received: {preprocessing!r}"
         )
-    samples, names, pictures = [], [], []
+    samples, names, pictures, stretched = [], [], [], []
     for path in files:
         stem = os.path.splitext(os.path.basename(path))[0]
         if path.lower().endswith(".npy"):
@@ -88,11 +103,20 @@ def load_inputs(files, input_shape, preprocessing="unit"):
                 names.append(stem if len(arrays) == 1 else f"{stem}_{index}")
                 pictures.append(None)
         else:
-            picture = _read_image(path, input_shape)
+            picture, size = _read_image(path, input_shape)
+            if not _same_aspect(size, input_shape[:2]):
+                stretched.append(os.path.basename(path))
             samples.append(_preprocess(picture.astype("float32"), preprocessing))
             names.append(stem)
             pictures.append(np.repeat(picture, 3, axis=-1) if picture.shape[-1] == 1
                             else picture)
+    if stretched:
+        images = sum(not path.lower().endswith(".npy") for path in files)
+        listed = ", ".join(stretched[:3]) + (", ..." if len(stretched) > 3 else "")
+        warnings.warn(
+            f"{len(stretched)} of {images} images have another aspect ratio than the model "
+            f"input ({input_shape[0]}x{input_shape[1]}) and were stretched to it: {listed}",
+            stacklevel=2)
     return np.stack(samples).astype("float32"), _unique(names), pictures
 
 
@@ -134,23 +158,34 @@ def _preprocess(pixels, preprocessing):
     return (pixels - mean) / std
 
 
+def _same_aspect(size, model_size):
+    """Whether ``(height, width)`` has the aspect ratio of ``model_size`` (to 1 %)."""
+    (height, width), (model_height, model_width) = size, model_size
+    return abs(width * model_height - height * model_width) <= 0.01 * height * model_width
+
+
 def _read_image(path, input_shape):
+    """The picture resized for the model (uint8, H×W×C) and the image's own ``(height, width)``."""
     height, width, channels = input_shape
     try:
         with Image.open(path) as image:
+            size = image.height, image.width
             image = image.convert("L" if channels == 1 else "RGB")
             image = image.resize((width, height), Image.BILINEAR)
             picture = np.asarray(image, dtype="uint8")
     except (UnidentifiedImageError, OSError) as error:
-        raise InvalidArgumentError(f"Cannot read image {path!r}: {error}") from None
-    return picture[..., None] if picture.ndim == 2 else picture
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise InvalidArgumentError(f"Cannot read image {path!r}: {reason}") from None
+    return (picture[..., None] if picture.ndim == 2 else picture), size
 
 
 def _read_array(path, input_shape):
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as error:
-        raise InvalidArgumentError(f"Cannot read array {path!r}: {error}") from None
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise InvalidArgumentError(f"Cannot read array {path!r}: {reason}") from None
+    shape = array.shape
     if array.dtype.kind not in "fiub":
         raise InvalidArgumentError(
             f"Array {path!r} must hold numbers. Received: dtype {array.dtype}")
@@ -161,7 +196,14 @@ def _read_array(path, input_shape):
     if array.ndim != 4 or array.shape[-1] not in (1, 3) or 0 in array.shape:
         raise InvalidArgumentError(
             f"Array {path!r} must be (H, W), (H, W, C), (N, H, W) or (N, H, W, C) with C 1 or "
-            f"3. Received: shape {np.shape(np.load(path, allow_pickle=False))}"
+            f"3. Received: shape {shape}"
+        )
+    if not _same_aspect(array.shape[1:3], input_shape[:2]):
+        raise InvalidArgumentError(
+            f"Array {path!r} cannot be images for the model's {input_shape[0]}x{input_shape[1]} "
+            f"input: read as samples of {array.shape[1]}x{array.shape[2]}, they have another "
+            "aspect ratio (arrays are model inputs: they are resized, never stretched). "
+            f"Received: shape {shape}"
         )
     if not np.all(np.isfinite(array)):
         raise InvalidArgumentError(f"Array {path!r} holds NaN or infinite values.")

@@ -245,7 +245,7 @@ def _register_builtins():
             description="rule")] = [scale_layers["CustomScaleLayer"]]
     for layer_type, classes in types.items():
         for cls in classes:
-            registry.register(cls, layer_type)
+            registry.register(cls, layer_type, builtin=True)
 
 
 _register_builtins()

@@ -19,6 +19,7 @@ from tf_dtd.errors import InvalidArgumentError, TfDtdError, UnsupportedLayerErro
 from tf_dtd.model import analysis, canonize
 from tf_dtd.model import graph as graph_lib
 from tf_dtd.registry import HandlerContext
+from tf_dtd.relevance import handlers  # noqa: F401  (registers the built-in layer types)
 
 __all__ = ["Step", "Plan", "decide", "relevance_dtype", "forward_facts"]
 
