@@ -6,7 +6,7 @@ Example:
     >>> heatmaps = relevance.predict(images)
 """
 
-from tf_dtd import evaluate, rules
+from tf_dtd import callbacks, evaluate, rules
 from tf_dtd.app import digits
 from tf_dtd.boxes import input_box
 from tf_dtd.composites import PRESETS, Composite
@@ -21,6 +21,7 @@ from tf_dtd.evaluate.quantus import quantus_explain_func
 from tf_dtd.relevance import layers
 from tf_dtd.relevance.registry import HandlerContext, register_layer_rule
 from tf_dtd.relevance.rewriter import explain, relevance_model
+from tf_dtd.relevance.sync import sync_weights
 from tf_dtd.report.diagnosis import diagnose
 
 __version__ = "0.1.0"
@@ -34,6 +35,7 @@ __all__ = [
     "TfDtdError",
     "UnsupportedLayerError",
     "UnsupportedModelError",
+    "callbacks",
     "diagnose",
     "digits",
     "evaluate",
@@ -44,4 +46,5 @@ __all__ = [
     "register_layer_rule",
     "relevance_model",
     "rules",
+    "sync_weights",
 ]
