@@ -2,11 +2,11 @@
 
     python benchmarks/callback_overhead.py [--epochs 6] [--samples 16] [--batchnorm]
 
-Trains the same small CNN (32×32 digits, 1348 training images, batch 32) with and without the
-callback, interleaved, and prints the median epoch time of each, the overhead in seconds and
-relative to an epoch (the callback's epoch-end work, timed inside it), and how the callback's time splits into the weight refresh
-(``tf_dtd.sync_weights``) and the rest (explaining the samples, drawing the grid, writing
-the summaries). The first epoch is left out of the medians (it traces ``fit`` and builds the
+Trains the same small CNN (32×32 digits, 1348 training images, batch 32) without and then with
+the callback and prints the median epoch time of each, the callback's epoch-end work (timed
+inside it) in seconds and relative to an epoch, and how that splits into the weight refresh
+(``tf_dtd.sync_weights``) and the rest (explaining the samples, drawing the grid, writing the
+summaries). The first epoch is left out of the medians (it traces ``fit`` and builds the
 relevance model).
 """
 
@@ -19,7 +19,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
 import tf_dtd  # noqa: E402

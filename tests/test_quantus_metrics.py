@@ -81,16 +81,24 @@ def test_deep_taylor_fails_quantus_check_on_negative_logits(digits_batch):
         evaluate(quantus.RandomLogit(num_classes=10, disable_warnings=True), model, x, y, BOUNDED)
 
 
-def test_multichannel_model_needs_summed_channels():
+def test_sequential_multichannel_model():
     keras.utils.set_random_seed(4)
-    inputs = keras.Input((8, 8, 3))
-    hidden = keras.layers.Conv2D(4, 3, activation="relu", padding="same")(inputs)
-    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(hidden)))
+    sequential = keras.Sequential([
+        keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, activation="relu", padding="same"),
+        keras.layers.Flatten(), keras.layers.Dense(3)])
     x = np.random.default_rng(4).random((3, 8, 8, 3)).astype("float32")
     y = np.array([0, 1, 2])
+    summed = {**BOUNDED, "reduce_axes": (1,)}
     metric = quantus.PixelFlipping(features_in_step=16, disable_warnings=True)
-    values = evaluate(metric, model, x, y, {**BOUNDED, "reduce_axes": (1,)})
+    # PixelFlipping asks for softmax outputs; to add the softmax to a model ending in logits,
+    # Quantus' TensorFlowModel reads model.input, which a Keras 3 Sequential model lacks.
+    with pytest.raises(AttributeError, match="has never been called"):
+        evaluate(metric, sequential, x, y, summed)
+    model = keras.Model(sequential.inputs, sequential.outputs)   # the documented workaround
+    values = evaluate(metric, model, x, y, summed)
     assert values.shape == (3 * 12,)    # 3 * 8 * 8 values flipped 16 at a time
+    # Several channels: Quantus checks (N, C, H, W) attributions against the (N, H, W, C)
+    # batch it gave explain_func, so the channels must be summed (reduce_axes=(1,)).
     with pytest.raises(AssertionError, match="should correspond in either the first or last"):
         evaluate(metric, model, x, y, BOUNDED)
 
