@@ -103,15 +103,18 @@ def test_console_problems_are_caught(tmp_path):
 def test_arguments_are_checked(tmp_path):
     images, heatmaps, logits = np.zeros((2, 4, 4)), np.ones((2, 4, 4, 1)), np.zeros((2, 3))
     path = tmp_path / "r.html"
-    with pytest.raises(InvalidArgumentError, match=r"Received: images of shape \(2, 5, 4\)"):
+    with pytest.raises(InvalidArgumentError, match=r"Received: 2 images of shapes \[\(5, 4\)\]"):
         tf_dtd.report.html(path, np.zeros((2, 5, 4)), heatmaps, logits)
+    with pytest.raises(InvalidArgumentError, match="Received: 1 images"):
+        tf_dtd.report.html(path, images[:1], heatmaps, logits)
     with pytest.raises(InvalidArgumentError, match=r"logits of shape \(3, 3\)"):
         tf_dtd.report.html(path, images, heatmaps, np.zeros((3, 3)))
     with pytest.raises(InvalidArgumentError, match=r"class ids in \[0, 3\)"):
         tf_dtd.report.html(path, images, heatmaps, logits, targets=np.array([0, 3]))
     with pytest.raises(InvalidArgumentError, match="1 names for 2 samples"):
         tf_dtd.report.html(path, images, heatmaps, logits, names=["a"])
-    tf_dtd.report.html(path, images, heatmaps, logits, names=["<b>x</b>", "y & z"],
+    mixed = [np.zeros((4, 4), "uint8"), np.full((4, 4, 3), 0.5)]    # gray and RGB may mix
+    tf_dtd.report.html(path, mixed, heatmaps, logits, names=["<b>x</b>", "y & z"],
                        class_names=["cat", "dog", "<i>"], targets=np.array([1, 2]))
     page = path.read_text(encoding="utf-8")
     assert "&lt;b&gt;x&lt;/b&gt;" in page and "y &amp; z" in page and "<b>x" not in page

@@ -89,8 +89,9 @@ def html(path, images, heatmaps, logits, *, targets=None, names=None, class_name
 
     Args:
         path: the ``.html`` file to write.
-        images: the inputs as pictures, ``(n, H, W)``, ``(n, H, W, 1)`` or ``(n, H, W, 3)``,
-            uint8 or float in ``[0, 1]`` (scale other model inputs to that for display).
+        images: the inputs as pictures: an array ``(n, H, W)``, ``(n, H, W, 1)`` or
+            ``(n, H, W, 3)``, or a sequence of ``n`` images (gray and RGB may mix); uint8 or
+            float in ``[0, 1]`` (scale other model inputs to that for display).
         heatmaps: relevance ``(n, H, W)`` or ``(n, H, W, C)``, e.g. a relevance model's output.
         logits: ``(n, classes)``, the model's pre-activation outputs (``return_prediction=True``).
         targets: the explained class of each sample, ``(n,)`` ints; default: the top logit.
@@ -196,11 +197,12 @@ scaled to its own largest |R|.</p>
 
 def _pictures(images, count, size):
     """The images as uint8 RGB ``(n, H, W, 3)``, checked against the heatmaps' size."""
-    images = np.asarray(images)
-    if images.ndim not in (3, 4) or len(images) != count or images.shape[1:3] != tuple(size):
+    images = list(images) if not isinstance(images, np.ndarray) else images
+    shapes = sorted({np.shape(image) for image in images})
+    if len(images) != count or any(len(s) not in (2, 3) or s[:2] != tuple(size) for s in shapes):
         raise InvalidArgumentError(
-            f"Expected images (n, H, W) or (n, H, W, 1 or 3) with the heatmaps' n={count} and "
-            f"H, W={tuple(size)}. Received: images of shape {images.shape}")
+            f"Expected {count} images (H, W), (H, W, 1) or (H, W, 3) with the heatmaps' H, W="
+            f"{tuple(size)}. Received: {len(images)} images of shapes {shapes}")
     # A one-column grid without padding stacks the tiles: it converts and checks every image.
     stacked = visualize.grid(list(images), columns=1, padding=0)
     return stacked.reshape(count, *size, 3)
