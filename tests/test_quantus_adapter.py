@@ -54,15 +54,20 @@ def test_channels_last_inputs_come_back_channels_first(cnn):
 
 
 def test_channels_first_model_is_not_transposed():
+    # A model that takes (C, H, W) inputs (a Permute in front, as a channels_first Conv2D does
+    # internally; TF's CPU kernels lack channels_first convolutions without oneDNN).
     keras.utils.set_random_seed(3)
     model = keras.Sequential([
-        keras.Input((2, 6, 5)),
-        keras.layers.Conv2D(3, 3, data_format="channels_first", activation="relu"),
-        keras.layers.Flatten(), keras.layers.Dense(2)])
+        keras.Input((2, 6, 5)), keras.layers.Permute((2, 3, 1)),
+        keras.layers.Conv2D(3, 3, activation="relu"), keras.layers.Flatten(),
+        keras.layers.Dense(2)])
     x = np.random.default_rng(3).random((2, 2, 6, 5)).astype("float32")
+    expected = tf_dtd.explain(model, x, "lrp_z", target=np.array([0, 1]))
     a = quantus_explain_func(model, x, np.array([0, 1]), rules="lrp_z", model_channel_first=True)
-    np.testing.assert_allclose(
-        a, tf_dtd.explain(model, x, "lrp_z", target=np.array([0, 1])), rtol=1e-6)
+    np.testing.assert_allclose(a, expected, rtol=1e-6)
+    # Without the flag the inputs count as the channels-last layout and come back transposed.
+    moved = quantus_explain_func(model, x, np.array([0, 1]), rules="lrp_z")
+    np.testing.assert_allclose(moved, np.moveaxis(expected, -1, 1), rtol=1e-6)
 
 
 def test_one_dimensional_signals():
