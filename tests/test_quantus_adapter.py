@@ -1,4 +1,7 @@
-"""tf_dtd.evaluate.quantus: the explain_func contract of Quantus (no Quantus needed)."""
+"""tf_dtd.evaluate.quantus: the explain_func contract of Quantus (no Quantus needed).
+
+The real package runs in tests/test_quantus_metrics.py.
+"""
 
 import keras
 import numpy as np
@@ -36,13 +39,35 @@ def test_channels_first_in_channels_first_out(cnn):
     np.testing.assert_allclose(a_eps[:, 0], expected.sum(axis=-1), rtol=1e-5, atol=1e-6)
 
 
-def test_channels_last_inputs_and_single_targets(cnn):
+def test_channels_last_inputs_come_back_channels_first(cnn):
+    # Metric.explain_batch hands over the model's own (channels-last) layout; Quantus' metrics
+    # still compare the attributions with their channels-first x_batch.
     x = np.random.default_rng(1).random((2, 6, 5, 2)).astype("float32")
     a = quantus_explain_func(cnn, x, np.array([2, 2]), rules="lrp_z")   # inferred: as is
-    np.testing.assert_allclose(a, tf_dtd.explain(cnn, x, "lrp_z", target=np.array([2, 2])),
-                               rtol=1e-6)
+    assert a.shape == (2, 2, 6, 5)
+    expected = tf_dtd.explain(cnn, x, "lrp_z", target=np.array([2, 2]))
+    np.testing.assert_allclose(a, np.moveaxis(expected, -1, 1), rtol=1e-6)
+    explicit = quantus_explain_func(cnn, x, np.array([2, 2]), rules="lrp_z", channel_first=False)
+    np.testing.assert_array_equal(explicit, a)
     one = quantus_explain_func(cnn, np.moveaxis(x[:1], -1, 1), 2, rules="lrp_z")
-    np.testing.assert_allclose(one, np.moveaxis(a[:1], -1, 1), rtol=1e-6)
+    np.testing.assert_allclose(one, a[:1], rtol=1e-6)
+
+
+def test_channels_first_model_is_not_transposed():
+    # A model that takes (C, H, W) inputs (a Permute in front, as a channels_first Conv2D does
+    # internally; TF's CPU kernels lack channels_first convolutions without oneDNN).
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([
+        keras.Input((2, 6, 5)), keras.layers.Permute((2, 3, 1)),
+        keras.layers.Conv2D(3, 3, activation="relu"), keras.layers.Flatten(),
+        keras.layers.Dense(2)])
+    x = np.random.default_rng(3).random((2, 2, 6, 5)).astype("float32")
+    expected = tf_dtd.explain(model, x, "lrp_z", target=np.array([0, 1]))
+    a = quantus_explain_func(model, x, np.array([0, 1]), rules="lrp_z", model_channel_first=True)
+    np.testing.assert_allclose(a, expected, rtol=1e-6)
+    # Without the flag the inputs count as the channels-last layout and come back transposed.
+    moved = quantus_explain_func(model, x, np.array([0, 1]), rules="lrp_z")
+    np.testing.assert_allclose(moved, np.moveaxis(expected, -1, 1), rtol=1e-6)
 
 
 def test_one_dimensional_signals():

@@ -38,6 +38,7 @@ __all__ = [
     "TfDtdError",
     "UnsupportedLayerError",
     "UnsupportedModelError",
+    "callbacks",
     "diagnose",
     "digits",
     "evaluate",
@@ -54,6 +55,7 @@ __all__ = [
 # Public name -> the module that defines it (a module name alone: the name is that module).
 _LAZY = {
     "Composite": "tf_dtd.composites",
+    "callbacks": "tf_dtd.callbacks",
     "HandlerContext": "tf_dtd.registry",
     "PRESETS": "tf_dtd.composites",
     "diagnose": "tf_dtd.report.diagnosis",
@@ -67,7 +69,7 @@ _LAZY = {
     "rules": "tf_dtd.rules",
     "sync_weights": "tf_dtd.relevance.api",
 }
-_MODULE_NAMES = {"digits", "evaluate", "layers", "rules"}
+_MODULE_NAMES = {"callbacks", "digits", "evaluate", "layers", "rules"}
 
 
 def __getattr__(name):

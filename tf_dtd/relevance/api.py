@@ -77,6 +77,9 @@ def sync_weights(relevance_model, model):
         relevance_model: a model returned by :func:`relevance_model` in this process.
         model: the model it was built from (whose weights may have changed since).
 
+    Returns:
+        ``relevance_model``, refreshed.
+
     Raises:
         InvalidArgumentError: ``relevance_model`` was not built from ``model`` in this process
             (a reloaded relevance model has no link to a Keras model).
@@ -97,6 +100,7 @@ def sync_weights(relevance_model, model):
         weights = canonize.canonical_weights(layer, origin)
         if weights:
             layer.set_weights(weights)
+    return relevance_model
 
 
 def _user_layers(model):
