@@ -22,6 +22,7 @@ from tf_dtd.relevance import layers
 from tf_dtd.relevance.registry import HandlerContext, register_layer_rule
 from tf_dtd.relevance.rewriter import explain, relevance_model
 from tf_dtd.report.diagnosis import diagnose
+from tf_dtd.scale import explain_dataset, load_results
 
 __version__ = "0.1.0"
 
@@ -38,8 +39,10 @@ __all__ = [
     "digits",
     "evaluate",
     "explain",
+    "explain_dataset",
     "input_box",
     "layers",
+    "load_results",
     "quantus_explain_func",
     "register_layer_rule",
     "relevance_model",
