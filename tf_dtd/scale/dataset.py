@@ -131,7 +131,7 @@ class _Stream:
     def _generate(self):
         try:
             for batch in self.source.batches(self.start, self.batch_size):
-                x = np.asarray(batch.x, dtype=self.explainer.model.inputs[0].dtype)
+                x = np.asarray(batch.x, dtype=self.explainer.input_dtype)
                 padded, _ = pad(self.explainer.inputs(x, batch.class_ids), self.batch_size)
                 self.waiting.append(batch)
                 yield tuple(padded) if isinstance(padded, list) else padded
@@ -140,7 +140,7 @@ class _Stream:
 
     def __iter__(self):
         probe = self.explainer.inputs(
-            np.zeros((1, *self.explainer.sample_shape), self.explainer.model.inputs[0].dtype),
+            np.zeros((1, *self.explainer.sample_shape), self.explainer.input_dtype),
             np.zeros(1, "int32") if self.explainer.needs_class_ids else None)
         dataset = tf.data.Dataset.from_generator(
             self._generate, output_signature=step_signature(probe)).prefetch(2)

@@ -20,7 +20,8 @@ import tensorflow as tf
 from tf_dtd.errors import InvalidArgumentError
 from tf_dtd.relevance.layers import TargetRelevance
 
-__all__ = ["Explainer", "model_fingerprint", "pad", "split", "step_signature"]
+__all__ = ["Explainer", "is_relevance_model", "model_fingerprint", "pad", "split",
+           "step_signature"]
 
 
 _EXPLAINERS = weakref.WeakKeyDictionary()  # relevance model -> its Explainer
@@ -65,6 +66,8 @@ class Explainer:
         if isinstance(relevance_model.output, dict):
             for name, tensor in relevance_model.output.get("layers", {}).items():
                 outputs[f"layers/{name}"] = tensor
+        self.input_dtype = relevance_model.inputs[0].dtype
+        self.outputs = outputs  # name -> symbolic tensor
         self.model = keras.Model(relevance_model.inputs, outputs,
                                  name=f"{relevance_model.name}_record")
         self._steps = {}  # jit_compile -> the compiled step
@@ -142,7 +145,7 @@ class Explainer:
         Returns:
             The record of :meth:`complete`.
         """
-        x = np.asarray(x, dtype=self.model.inputs[0].dtype)
+        x = np.asarray(x, dtype=self.input_dtype)
         inputs = self.inputs(x, class_ids)
         steps = [pad(part, batch_size) for part in split(inputs, batch_size)]
         records = []
@@ -151,7 +154,7 @@ class Explainer:
             records.append({name: value[:count] for name, value in output.items()})
         if not records:
             record = {name: np.zeros((0, *tuple(t.shape[1:])), t.dtype)
-                      for name, t in self.model.output.items()}
+                      for name, t in self.outputs.items()}
         else:
             record = {name: np.concatenate([r[name] for r in records]) for name in records[0]}
         return self.complete(record, class_ids if self.needs_class_ids else None)
@@ -176,6 +179,12 @@ class Explainer:
     def fingerprint(self):
         """A SHA-256 of the relevance model's weights and layer configurations."""
         return model_fingerprint(self.relevance_model)
+
+
+def is_relevance_model(model):
+    """Whether ``model`` is a relevance model of tf_dtd (it has a TargetRelevance layer)."""
+    return isinstance(model, keras.Model) and any(
+        isinstance(layer, TargetRelevance) for layer in model.layers)
 
 
 def model_fingerprint(model):

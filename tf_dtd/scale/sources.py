@@ -111,7 +111,13 @@ def decode_images(blobs, sample_shape, preprocessing="unit"):
             paths.append(path)
         if not paths:
             return np.zeros((0, *sample_shape), "float32")
-        return inputs.load_inputs(paths, tuple(sample_shape), preprocessing)[0]
+        try:
+            return inputs.load_inputs(paths, tuple(sample_shape), preprocessing)[0]
+        except InvalidArgumentError as error:
+            message = str(error)
+            for index, path in enumerate(paths):
+                message = message.replace(path, f"<encoded image {index}>")
+            raise InvalidArgumentError(message) from None
 
 
 def parse_example(record, sample_shape, preprocessing="unit"):
