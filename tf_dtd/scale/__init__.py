@@ -4,6 +4,7 @@ back (:func:`load_results`), and the files ``tf-dtd explain`` writes for large i
 """
 
 from tf_dtd.scale.dataset import explain_dataset
+from tf_dtd.scale.files import explain_files
 from tf_dtd.scale.shards import load_results
 
-__all__ = ["explain_dataset", "load_results"]
+__all__ = ["explain_dataset", "explain_files", "load_results"]
