@@ -258,3 +258,15 @@ def test_bad_arguments(model, relevance_model, x, tmp_path):
         tf_dtd.explain_dataset(relevance_model, x, tmp_path / "f")
     with pytest.raises(FileNotFoundError, match="holds no manifest.json"):
         tf_dtd.load_results(tmp_path / "f")
+
+
+def test_a_cluster_of_workers_is_refused(relevance_model, x, tmp_path, monkeypatch):
+    class TwoWorkerStrategy:  # what MultiWorkerMirroredStrategy exposes under a 2-worker TF_CONFIG
+        cluster_resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec({"worker": ["host-a:2222", "host-b:2222"]}))
+
+    monkeypatch.setattr(type(relevance_model), "distribute_strategy",
+                        property(lambda self: TwoWorkerStrategy()))
+    with pytest.raises(InvalidArgumentError, match="uses the devices of one machine.*Received: a "
+                                                   "TwoWorkerStrategy over 2 workers"):
+        tf_dtd.explain_dataset(relevance_model, x, tmp_path / "out")

@@ -71,6 +71,7 @@ def explain_dataset(relevance_model, data, out, *, batch_size=32, shard_size=256
     verbose = 1 if verbose == "auto" else verbose
     if verbose not in (0, 1, 2):
         raise InvalidArgumentError(f"verbose must be 0, 1, 2 or 'auto'. Received: {verbose!r}")
+    _check_one_machine(relevance_model.distribute_strategy)
     explainer = Explainer.of(relevance_model)
     source = sources.open_source(data, sample_shape=explainer.sample_shape,
                                  needs_class_ids=explainer.needs_class_ids,
@@ -103,6 +104,21 @@ def explain_dataset(relevance_model, data, out, *, batch_size=32, shard_size=256
         progress.target = store.samples_done
     progress.update(store.samples_done, finalize=True)
     return store.samples_done
+
+
+def _check_one_machine(strategy):
+    """explain_dataset runs on the replicas of one machine; a cluster of workers is refused."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return
+    jobs = resolver.cluster_spec().as_dict()
+    tasks = sum(len(jobs.get(job, [])) for job in ("chief", "worker"))
+    if tasks > 1:
+        raise InvalidArgumentError(
+            "explain_dataset uses the devices of one machine. On a cluster, run it on each "
+            "worker for its own part of the data and its own out folder, with a "
+            "MirroredStrategy over that machine's GPUs (see docs/scaling.md), or use "
+            f"tf_dtd.beam. Received: a {type(strategy).__name__} over {tasks} workers")
 
 
 def _write_shard(store, explainer, batch, output):

@@ -157,10 +157,16 @@ def parse_example(record, sample_shape, preprocessing="unit"):
 
 
 def _expand(paths):
-    """Folders → their images (sorted), globs → their matches (sorted), files → themselves."""
+    """Folders → their images (sorted), globs → their matches (sorted), files → themselves.
+
+    Paths with a scheme (``gs://``, ``s3://``, ...) go through ``tf.io.gfile``: TensorFlow reads
+    TFRecords there; images are read with Pillow, from local files only.
+    """
     files = []
     for path in paths:
-        if os.path.isdir(path):
+        if "://" in path:
+            files += _expand_remote(path)
+        elif os.path.isdir(path):
             files += sorted(os.path.join(path, name) for name in os.listdir(path)
                             if name.lower().endswith(inputs.IMAGE_SUFFIXES + TFRECORD_SUFFIXES))
         elif glob.has_magic(path):
@@ -172,6 +178,21 @@ def _expand(paths):
     if not files:
         raise InvalidArgumentError(f"No images or TFRecords found in {list(paths)}.")
     return files
+
+
+def _expand_remote(path):
+    if tf.io.gfile.isdir(path):
+        matches = [tf.io.gfile.join(path, name) for name in tf.io.gfile.listdir(path)]
+    else:
+        matches = tf.io.gfile.glob(path)
+    if not matches:
+        raise FileNotFoundError(f"Input {path!r} does not exist.")
+    images = [m for m in matches if m.lower().endswith(inputs.IMAGE_SUFFIXES)]
+    if images:
+        raise InvalidArgumentError(
+            "Images are read from local files; for images on remote storage use TFRecords, a "
+            f"tf.data dataset, or tf_dtd.beam. Received: {images[:3]}")
+    return sorted(matches)
 
 
 def _hash(*arrays):
