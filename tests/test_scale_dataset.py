@@ -3,6 +3,7 @@
 import json
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -270,3 +271,25 @@ def test_a_cluster_of_workers_is_refused(relevance_model, x, tmp_path, monkeypat
     with pytest.raises(InvalidArgumentError, match="uses the devices of one machine.*Received: a "
                                                    "TwoWorkerStrategy over 2 workers"):
         tf_dtd.explain_dataset(relevance_model, x, tmp_path / "out")
+
+
+def test_xla_compiled_model_streams(x, tmp_path):
+    keras.utils.set_random_seed(3)
+    small = keras.Sequential([keras.Input((32, 32, 1)), keras.layers.Conv2D(3, 5, strides=4),
+                              keras.layers.ReLU(), keras.layers.Flatten(), keras.layers.Dense(4)])
+    plain = tf_dtd.relevance_model(small, input_range=(0.0, 1.0), target="input")
+    compiled = tf_dtd.relevance_model(small, input_range=(0.0, 1.0), target="input")
+    compiled.compile(jit_compile=True)
+    class_ids = np.arange(len(x)) % 4
+    class_ids[5] = 99  # out of range: an error without XLA, NaN where XLA drops the assert
+
+    tf_dtd.explain_dataset(compiled, (x, class_ids), tmp_path / "xla", batch_size=8, verbose=0)
+
+    results, _ = _results(tmp_path / "xla")
+    assert np.isnan(results["relevance"][5]).any()  # so the step did run through XLA
+    valid = np.arange(len(x)) != 5
+    expected = plain.predict([x[valid], class_ids[valid]], verbose=0)
+    np.testing.assert_allclose(results["relevance"][valid], expected, rtol=1e-5,
+                               atol=1e-6 * np.abs(expected).max())
+    with pytest.raises(tf.errors.InvalidArgumentError, match="class ids must lie in"):
+        tf_dtd.explain_dataset(plain, (x, class_ids), tmp_path / "plain", verbose=0)

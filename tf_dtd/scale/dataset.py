@@ -85,9 +85,11 @@ def explain_dataset(relevance_model, data, out, *, batch_size=32, shard_size=256
         else None,
     })
     progress = keras.utils.Progbar(source.count, verbose=verbose, unit_name="sample")
-    progress.update(store.samples_done)
-    if store.complete:
+    if store.complete:  # nothing left to do
+        progress.target = store.samples_done
+        progress.update(store.samples_done, finalize=True)
         return store.samples_done
+    progress.update(store.samples_done)
 
     stream = _Stream(explainer, source, store.samples_done, batch_size)
     pending = _Pending()

@@ -117,21 +117,34 @@ class Explainer:
         Yields:
             One dict of NumPy arrays (``relevance``, ``logits``, ``layers/<name>``) per batch.
         """
+        strategy, step = self._step()
+        for inputs in strategy.experimental_distribute_dataset(dataset):
+            yield {name: value.numpy() for name, value in step(inputs).items()}
+
+    def run_batch(self, inputs):
+        """:meth:`run` on one batch of model inputs (NumPy), without a tf.data pipeline where
+        there is one replica."""
+        strategy, step = self._step()
+        if strategy.num_replicas_in_sync > 1:
+            return next(self.run(_steps_dataset([inputs])))
+        tensors = tuple(inputs) if isinstance(inputs, list) else inputs
+        return {name: value.numpy() for name, value in step(tensors).items()}
+
+    def _step(self):
+        """``(strategy, step)``: the compiled step, made once per XLA setting."""
         strategy = self.relevance_model.distribute_strategy
         jit_compile = bool(self.relevance_model.jit_compile)
         if jit_compile not in self._steps:
             replica_step = tf.function(lambda inputs: self.model(inputs, training=False),
                                        jit_compile=jit_compile)
 
-            @tf.function
+            @tf.function(reduce_retracing=True)
             def step(inputs):
                 outputs = strategy.run(replica_step, args=(inputs,))
                 return {name: strategy.gather(value, axis=0) for name, value in outputs.items()}
 
             self._steps[jit_compile] = step
-        step = self._steps[jit_compile]
-        for inputs in strategy.experimental_distribute_dataset(dataset):
-            yield {name: value.numpy() for name, value in step(inputs).items()}
+        return strategy, self._steps[jit_compile]
 
     def explain(self, x, class_ids=None, *, batch_size=32):
         """Relevance and predictions of the batch ``x`` as a dict of NumPy arrays.
@@ -147,10 +160,10 @@ class Explainer:
         """
         x = np.asarray(x, dtype=self.input_dtype)
         inputs = self.inputs(x, class_ids)
-        steps = [pad(part, batch_size) for part in split(inputs, batch_size)]
         records = []
-        for (_, count), output in zip(steps, self.run(_steps_dataset(
-                [padded for padded, _ in steps]))):
+        for part in split(inputs, batch_size):
+            padded, count = pad(part, batch_size)
+            output = self.run_batch(padded)
             records.append({name: value[:count] for name, value in output.items()})
         if not records:
             record = {name: np.zeros((0, *tuple(t.shape[1:])), t.dtype)
