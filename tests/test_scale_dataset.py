@@ -293,3 +293,13 @@ def test_xla_compiled_model_streams(x, tmp_path):
                                atol=1e-6 * np.abs(expected).max())
     with pytest.raises(tf.errors.InvalidArgumentError, match="class ids must lie in"):
         tf_dtd.explain_dataset(plain, (x, class_ids), tmp_path / "plain", verbose=0)
+
+
+def test_a_run_that_failed_before_its_first_shard_starts_over(relevance_model, x, tmp_path):
+    with pytest.raises(InvalidArgumentError, match="Expected samples of shape"):
+        tf_dtd.explain_dataset(relevance_model, x[:, :16, :16], tmp_path / "out", verbose=0)
+    assert not json.loads((tmp_path / "out" / "manifest.json").read_text())["shards"]
+
+    assert tf_dtd.explain_dataset(relevance_model, x, tmp_path / "out", verbose=0) == len(x)
+    with pytest.raises(InvalidArgumentError, match="preprocessing must be one of"):
+        tf_dtd.explain_dataset(relevance_model, x, tmp_path / "other", preprocessing="imagenet")

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_dtd.app import inputs
 from tf_dtd.errors import InvalidArgumentError
 from tf_dtd.scale import sources
 from tf_dtd.scale.explainer import Explainer, pad, step_signature
@@ -40,7 +41,7 @@ def explain_dataset(relevance_model, data, out, *, batch_size=32, shard_size=256
             same samples in the same order (no unseeded shuffling): the first samples are
             compared.
         out: the results folder (new or empty, or a run to resume).
-        batch_size: samples per ``predict`` step.
+        batch_size: samples per step of the model.
         shard_size: samples per shard file (the last one may be smaller).
         preprocessing: how image pixels become model inputs, as in ``tf-dtd explain``:
             ``"unit"`` (/255), ``"raw"``, ``"tf"``, ``"caffe"``, ``"torch"``. Image files and
@@ -68,6 +69,9 @@ def explain_dataset(relevance_model, data, out, *, batch_size=32, shard_size=256
     for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise InvalidArgumentError(f"{name} must be an int >= 1. Received: {name}={value!r}")
+    if preprocessing not in inputs.PREPROCESSING:
+        raise InvalidArgumentError(f"preprocessing must be one of {inputs.PREPROCESSING}. "
+                                   f"Received: preprocessing={preprocessing!r}")
     verbose = 1 if verbose == "auto" else verbose
     if verbose not in (0, 1, 2):
         raise InvalidArgumentError(f"verbose must be 0, 1, 2 or 'auto'. Received: {verbose!r}")

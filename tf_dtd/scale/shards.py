@@ -12,8 +12,9 @@ renamed into place (``os.replace``), so a reader never sees half a shard; files 
 permissions (``0o666`` less the umask). A shard counts as finished once the manifest lists it:
 the manifest is rewritten (atomically too) after each shard. A rerun with the same parameters
 continues after the last listed shard; a rerun with other parameters — another model or rules,
-other data, another shard or batch size — is refused, so results are never mixed. One run
-writes to a folder at a time.
+other data, another shard or batch size — is refused, so results are never mixed (a run that
+stopped before its first shard has nothing to keep and starts over). One run writes to a folder
+at a time.
 """
 
 import json
@@ -67,8 +68,14 @@ class ShardStore:
         self.out = os.fspath(out)
         self.parameters = json.loads(json.dumps(parameters))  # as it will read back
         path = os.path.join(self.out, MANIFEST)
-        if os.path.exists(path):
-            self.manifest = read_manifest(self.out)
+        existing = read_manifest(self.out) if os.path.exists(path) else None
+        if existing is None and os.path.isdir(self.out) and any(
+                not name.startswith(_TEMPORARY) for name in os.listdir(self.out)):
+            raise InvalidArgumentError(
+                f"out must be a new or empty folder, or hold an explain_dataset run to resume. "
+                f"Received: {self.out!r}, which holds other files and no {MANIFEST}")
+        if existing is not None and (existing["shards"] or existing["complete"]):
+            self.manifest = existing
             _check_same_run(self.out, self.manifest["parameters"], self.parameters)
             for shard in self.manifest["shards"]:
                 if not os.path.isfile(os.path.join(self.out, shard["file"])):
@@ -76,12 +83,7 @@ class ShardStore:
                         f"The results folder {self.out!r} lists shard {shard['file']!r}, which "
                         "is missing: the folder was changed outside explain_dataset. Start again "
                         "in a new folder.")
-        else:
-            if os.path.isdir(self.out) and any(
-                    not name.startswith(_TEMPORARY) for name in os.listdir(self.out)):
-                raise InvalidArgumentError(
-                    f"out must be a new or empty folder, or hold an explain_dataset run to "
-                    f"resume. Received: {self.out!r}, which holds other files and no {MANIFEST}")
+        else:  # a new run, or one that stopped before its first shard: nothing to keep
             os.makedirs(self.out, exist_ok=True)
             self.manifest = {"format": _FORMAT, "version": _VERSION,
                              "parameters": self.parameters, "shards": [], "samples": 0,
