@@ -2,6 +2,11 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 import keras
 import numpy as np
@@ -303,3 +308,57 @@ def test_a_run_that_failed_before_its_first_shard_starts_over(relevance_model, x
     assert tf_dtd.explain_dataset(relevance_model, x, tmp_path / "out", verbose=0) == len(x)
     with pytest.raises(InvalidArgumentError, match="preprocessing must be one of"):
         tf_dtd.explain_dataset(relevance_model, x, tmp_path / "other", preprocessing="imagenet")
+
+
+KILLED_RUN = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    import tensorflow as tf
+    import tf_dtd
+    from tf_dtd.app import digits
+
+    def samples():
+        for i in range(60):
+            time.sleep(0.05)
+            yield np.random.default_rng(i).uniform(0, 1, (32, 32, 1)).astype("float32")
+
+    dataset = tf.data.Dataset.from_generator(
+        samples, output_signature=tf.TensorSpec((32, 32, 1), tf.float32))
+    relevance_model = tf_dtd.relevance_model(digits.load_model(), input_range=(0.0, 1.0))
+    tf_dtd.explain_dataset(relevance_model, dataset, sys.argv[1], batch_size=4, shard_size=8,
+                           verbose=0)
+""")
+
+
+@pytest.mark.slow
+def test_resume_after_the_process_is_killed(relevance_model, tmp_path):
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(out)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            if len(json.loads((out / "manifest.json").read_text())["shards"]) >= 2:
+                break
+        except (FileNotFoundError, ValueError):
+            pass
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert not manifest["complete"] and 2 <= len(manifest["shards"]) < 8
+    finished = {s["file"]: os.stat(out / s["file"]) for s in manifest["shards"]}
+
+    x = np.stack([np.random.default_rng(i).uniform(0, 1, (32, 32, 1)).astype("float32")
+                  for i in range(60)])  # what the killed process's generator yields
+    dataset = tf.data.Dataset.from_generator(
+        lambda: iter(x), output_signature=tf.TensorSpec((32, 32, 1), tf.float32))
+    tf_dtd.explain_dataset(relevance_model, dataset, out, batch_size=4, shard_size=8, verbose=0)
+
+    for name, before in finished.items():
+        after = os.stat(out / name)
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    results, shards = _results(out)
+    assert [len(s["id"]) for s in shards] == [8] * 7 + [4]
+    np.testing.assert_array_equal(results["id"], np.arange(60))
+    _assert_matches_predict(results, relevance_model, x)
