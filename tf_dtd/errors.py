@@ -24,3 +24,8 @@ class InputRangeWarning(UserWarning):
 def describe(layer):
     """`'name' (ClassName)`: how every error message names a layer."""
     return f"'{getattr(layer, 'name', '?')}' ({type(layer).__name__})"
+
+
+class MissingDependencyError(TfDtdError, ImportError):
+    """An optional dependency of a tf_dtd module is not installed (the message says what to
+    install)."""
