@@ -98,7 +98,7 @@ def test_handler_refuses_what_it_cannot_serve(beam, model, tmp_path):
     from tf_dtd.beam import RelevanceModelHandler
 
     class RelevanceOnly(tf.Module):  # a SavedModel that serves relevance without logits
-        @tf.function(input_signature=[tf.TensorSpec((None, 32, 32, 1), tf.float32, "image")])
+        @tf.function(input_signature=[tf.TensorSpec((None, 28, 28, 1), tf.float32, "image")])
         def serve(self, image):
             return {"output_0": image}
 
@@ -115,7 +115,7 @@ def test_handler_refuses_what_it_cannot_serve(beam, model, tmp_path):
                                                    r"\['scale'\]"):
         handler.validate_inference_args({"scale": 2})
     loaded = handler.load_model()
-    with pytest.raises(InvalidArgumentError, match=r"images of shape \(32, 32, 1\). Received: "
+    with pytest.raises(InvalidArgumentError, match=r"images of shape \(28, 28, 1\). Received: "
                                                    r"shapes \[\(8, 8\)\]"):
         handler.run_inference([np.zeros((8, 8))], loaded)
 
@@ -136,7 +136,7 @@ def test_pipeline_on_images_with_a_bad_file(beam, relevance_model, images, tmp_p
         Image.fromarray(np.round(image[..., 0] * 255).astype("uint8")).save(folder / f"d{i}.png")
     (folder / "broken.png").write_bytes(b"not a png")
     files = sorted(str(folder / f"d{i}.png") for i in range(3))
-    expected = relevance_model.predict(inputs.load_inputs(files, (32, 32, 1))[0], verbose=0)
+    expected = relevance_model.predict(inputs.load_inputs(files, (28, 28, 1))[0], verbose=0)
 
     status = main(["--input", str(folder / "*.png"), "--output", str(tmp_path / "out"),
                    "--model", digits.MODEL_PATH, "--runner", "DirectRunner"])

@@ -56,7 +56,7 @@ def test_demo_writes_heatmaps_and_prints_predictions(tmp_path):
     files = sorted(os.listdir(tmp_path / "demo"))
     assert "overview.png" in files and len(files) == 21
     with Image.open(tmp_path / "demo" / "digit_00_label_0.png") as image:
-        assert image.mode == "P" and image.size == (32, 32)
+        assert image.mode == "P" and image.size == (28, 28)
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith("digit_")]
     assert len(rows) == 20
     for _, label, predicted, logit, total in rows:
@@ -70,7 +70,7 @@ def test_explain_images_and_arrays_of_other_sizes(tmp_path, inputs):
 
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == [  # said once, as one line
-        "tf-dtd: warning: 1 of 2 images have another aspect ratio than the model input (32x32) "
+        "tf-dtd: warning: 1 of 2 images have another aspect ratio than the model input (28x28) "
         "and were stretched to it: two.png"]
     out = tmp_path / "out"
     assert sorted(os.listdir(out)) == ["pair_0.png", "pair_1.png", "relevance.npz",
@@ -78,7 +78,7 @@ def test_explain_images_and_arrays_of_other_sizes(tmp_path, inputs):
     with np.load(out / "relevance.npz") as saved:
         relevance, logits = saved["relevance"], saved["logits"]
         assert list(saved["names"]) == ["two", "three", "pair_0", "pair_1"]
-    assert relevance.shape == (4, 32, 32, 1) and np.all(np.isfinite(relevance))
+    assert relevance.shape == (4, 28, 28, 1) and np.all(np.isfinite(relevance))
     with open(out / "summary.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["file"] for row in rows] == ["two", "three", "pair_0", "pair_1"]
@@ -94,7 +94,7 @@ def test_explain_images_and_arrays_of_other_sizes(tmp_path, inputs):
 
 
 def _resized(batch):
-    return np.stack([np.asarray(Image.fromarray(s[..., 0]).resize((32, 32), Image.BILINEAR))
+    return np.stack([np.asarray(Image.fromarray(s[..., 0]).resize((28, 28), Image.BILINEAR))
                      for s in batch])[..., None]
 
 
@@ -104,7 +104,7 @@ def test_explain_overlay_target_and_cmap(tmp_path, inputs):
 
     assert result.returncode == 0, result.stderr
     with Image.open(tmp_path / "o" / "two.png") as image:
-        assert image.mode == "RGB" and image.size == (32, 32)
+        assert image.mode == "RGB" and image.size == (28, 28)
     with open(tmp_path / "o" / "summary.csv") as handle:
         assert {row["explained_class"] for row in csv.DictReader(handle)} == {"3"}
 
@@ -115,7 +115,7 @@ def test_export_then_serve_without_tf_dtd(tmp_path, inputs):
 
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
-    assert "[None, 32, 32, 1]" in result.stdout
+    assert "[None, 28, 28, 1]" in result.stdout
     images, _ = digits.load_samples()
     np.save(tmp_path / "x.npy", images[:3])
     script = textwrap.dedent("""
@@ -186,7 +186,7 @@ FAILURES = {
     "corrupt_image": r"Cannot read image '.*bad\.png': cannot identify image file",
     "bad_array": r"Array '.*bad\.npy' must be \(H, W\), \(H, W, C\), \(N, H, W\) or "
                  r"\(N, H, W, C\) with C 1 or 3\. Received: shape \(2, 3, 4, 5\)$",
-    "flat_array": r"Array '.*flat\.npy' cannot be images for the model's 32x32 input: read as "
+    "flat_array": r"Array '.*flat\.npy' cannot be images for the model's 28x28 input: read as "
                   r"samples of 4x1024, .* Received: shape \(4, 1024\)$",
     "not_an_image": r"Input '.*notes\.txt' is not an image \(\.png, \.jpg, \.jpeg, \.bmp\) "
                     r"or a \.npy array\.$",

@@ -201,7 +201,7 @@ def test_image_folder_glob_and_tfrecords(relevance_model, x, tmp_path):
     for i, image in enumerate(x[:7]):
         Image.fromarray(np.round(image[..., 0] * 255).astype("uint8")).save(folder / f"{i}.png")
     files = sorted(str(p) for p in folder.iterdir())
-    expected_x = inputs.load_inputs(files, (32, 32, 1))[0]
+    expected_x = inputs.load_inputs(files, (28, 28, 1))[0]
 
     tf_dtd.explain_dataset(relevance_model, str(folder), tmp_path / "folder", shard_size=3,
                            verbose=0)
@@ -252,10 +252,10 @@ def test_bad_arguments(model, relevance_model, x, tmp_path):
                                                    "data of type int"):
         tf_dtd.explain_dataset(relevance_model, 3, tmp_path / "c")
     with pytest.raises(InvalidArgumentError, match=r"x must be samples of rank 3 or batches of "
-                                                   r"rank 4. Received: x of shape \(32, 32\)"):
+                                                   r"rank 4. Received: x of shape \(28, 28\)"):
         tf_dtd.explain_dataset(relevance_model, tf.data.Dataset.from_tensor_slices(x[..., 0]),
                                tmp_path / "d")
-    with pytest.raises(InvalidArgumentError, match=r"Expected samples of shape \(32, 32, 1\). "
+    with pytest.raises(InvalidArgumentError, match=r"Expected samples of shape \(28, 28, 1\). "
                                                    r"Received: a batch of shape \(3, 16, 16, 1\)"):
         tf_dtd.explain_dataset(relevance_model, x[:3, :16, :16], tmp_path / "e", verbose=0)
     (tmp_path / "f").mkdir()
@@ -280,7 +280,7 @@ def test_a_cluster_of_workers_is_refused(relevance_model, x, tmp_path, monkeypat
 
 def test_xla_compiled_model_streams(x, tmp_path):
     keras.utils.set_random_seed(3)
-    small = keras.Sequential([keras.Input((32, 32, 1)), keras.layers.Conv2D(3, 5, strides=4),
+    small = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(3, 5, strides=4),
                               keras.layers.ReLU(), keras.layers.Flatten(), keras.layers.Dense(4)])
     plain = tf_dtd.relevance_model(small, input_range=(0.0, 1.0), target="input")
     compiled = tf_dtd.relevance_model(small, input_range=(0.0, 1.0), target="input")
@@ -320,10 +320,10 @@ KILLED_RUN = textwrap.dedent("""
     def samples():
         for i in range(60):
             time.sleep(0.05)
-            yield np.random.default_rng(i).uniform(0, 1, (32, 32, 1)).astype("float32")
+            yield np.random.default_rng(i).uniform(0, 1, (28, 28, 1)).astype("float32")
 
     dataset = tf.data.Dataset.from_generator(
-        samples, output_signature=tf.TensorSpec((32, 32, 1), tf.float32))
+        samples, output_signature=tf.TensorSpec((28, 28, 1), tf.float32))
     relevance_model = tf_dtd.relevance_model(digits.load_model(), input_range=(0.0, 1.0))
     tf_dtd.explain_dataset(relevance_model, dataset, sys.argv[1], batch_size=4, shard_size=8,
                            verbose=0)
@@ -349,10 +349,10 @@ def test_resume_after_the_process_is_killed(relevance_model, tmp_path):
     assert not manifest["complete"] and 2 <= len(manifest["shards"]) < 8
     finished = {s["file"]: os.stat(out / s["file"]) for s in manifest["shards"]}
 
-    x = np.stack([np.random.default_rng(i).uniform(0, 1, (32, 32, 1)).astype("float32")
+    x = np.stack([np.random.default_rng(i).uniform(0, 1, (28, 28, 1)).astype("float32")
                   for i in range(60)])  # what the killed process's generator yields
     dataset = tf.data.Dataset.from_generator(
-        lambda: iter(x), output_signature=tf.TensorSpec((32, 32, 1), tf.float32))
+        lambda: iter(x), output_signature=tf.TensorSpec((28, 28, 1), tf.float32))
     tf_dtd.explain_dataset(relevance_model, dataset, out, batch_size=4, shard_size=8, verbose=0)
 
     for name, before in finished.items():

@@ -28,7 +28,7 @@ def test_heatmaps_and_summary_of_many_files(relevance_model, tmp_path):
             index = i if folder == "a" else i + 3
             Image.fromarray(np.round(images[index, ..., 0] * 255).astype("uint8")).save(path)
             files.append(str(path))
-    x = inputs.load_inputs(files, (32, 32, 1))[0]
+    x = inputs.load_inputs(files, (28, 28, 1))[0]
     expected, logits = tf_dtd.relevance_model(
         digits.load_model(), input_range=(0.0, 1.0), return_prediction=True).predict(x, verbose=0)
 
@@ -54,7 +54,7 @@ def test_heatmaps_and_summary_of_many_files(relevance_model, tmp_path):
     assert len(list(tf_dtd.load_results(tmp_path / "out" / "results"))) == 2
 
     explain_files(relevance_model, files[:2], tmp_path / "overlay", overlay=True, verbose=0)
-    assert np.asarray(Image.open(tmp_path / "overlay" / "digit0.png")).shape == (32, 32, 3)
+    assert np.asarray(Image.open(tmp_path / "overlay" / "digit0.png")).shape == (28, 28, 3)
 
 
 def test_only_image_files(relevance_model, tmp_path):

@@ -52,8 +52,8 @@ def test_serving_signature_and_rest_shapes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     response = json.loads((tmp_path / "response.json").read_text())
     assert not response["tf_dtd_imported"]
-    assert response["inputs"] == {"image": ["float32", [None, 32, 32, 1]]}
-    assert response["outputs"] == {"output_0": ["float32", [None, 32, 32, 1]],
+    assert response["inputs"] == {"image": ["float32", [None, 28, 28, 1]]}
+    assert response["outputs"] == {"output_0": ["float32", [None, 28, 28, 1]],
                                    "output_1": ["float32", [None, 10]]}
     predictions = response["predictions"]
     assert len(predictions) == 3
