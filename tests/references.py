@@ -110,13 +110,18 @@ def conv_matrix(kernel, in_shape, strides, padding, dilation, groups):
 
 # --- The rules as the papers write them ---
 
-def flat_fallback(z_j, r, c):
-    """Relevance of units whose denominator is exactly zero, spread evenly over their receptive
-    field: ``c`` (I, J) holds the structural weights of the layer with an all-ones kernel."""
+def flat_fallback(z_j, r, c, x):
+    """Relevance of units whose denominator is exactly zero, spread over their receptive field in
+    proportion to the inputs' magnitude ``|x_i|``, evenly where all are zero: ``c`` (I, J) holds
+    the structural weights of the layer with an all-ones kernel, ``x`` (B, I) its inputs."""
     dead = (z_j == 0) & (r != 0)
-    count = c.sum(axis=0)
-    share = np.where(dead, r / np.where(count == 0, 1.0, count)[None], 0.0)
-    return share @ c.T
+    weights = np.abs(x)[:, :, None] * c[None]            # (B, I, J)
+    count = weights.sum(axis=1)                           # (B, J)
+    even = count == 0
+    weights = np.where(even[:, None, :], c[None], weights)
+    count = weights.sum(axis=1)
+    share = np.where(dead, r / np.where(count == 0, 1.0, count), 0.0)
+    return np.einsum("bij,bj->bi", weights, share)
 
 
 def reference(rule, x, m, b, r, low=None, high=None, eps=0.0, c=None, return_denominator=False):
@@ -142,7 +147,7 @@ def reference(rule, x, m, b, r, low=None, high=None, eps=0.0, c=None, return_den
     s = np.where(z_j == 0, 0.0, r / np.where(z_j == 0, 1.0, z_j))
     r_in = (z_ij * s[:, None, :]).sum(axis=2)
     if c is not None and rule != "z":
-        r_in = r_in + flat_fallback(z_j, r, c)
+        r_in = r_in + flat_fallback(z_j, r, c, x)
     return (r_in, z_j) if return_denominator else r_in
 
 
@@ -270,7 +275,7 @@ def rule_step(rule, x, m, b, r, err, low=None, high=None, c=None):
     z_ij, z_j = rule_terms(rule, x, m, b, low, high)
     r_in, r_err = lrp_step(z_ij, z_j, r, err)
     if c is not None and isinstance(rule, (rules.ZPlus, rules.ZBox, rules.WSquare)):
-        r_in = r_in + flat_fallback(z_j, r, c)
+        r_in = r_in + flat_fallback(z_j, r, c, x)
     return r_in, r_err
 
 
@@ -478,7 +483,8 @@ def ref_alpha_beta_conserving(x, m, r, alpha, beta, c):
     for coefficient, z_ij in ((alpha, a_pos * w_pos + a_neg * w_neg),
                               (-beta, a_pos * w_neg + a_neg * w_pos)):
         z_j = z_ij.sum(axis=1)
-        part = (z_ij * _safe_ratio(r, z_j)[:, None, :]).sum(axis=2) + flat_fallback(z_j, r, c)
+        part = (z_ij * _safe_ratio(r, z_j)[:, None, :]).sum(axis=2) + flat_fallback(
+            z_j, r, c, x)
         result = result + coefficient * part
     return result
 

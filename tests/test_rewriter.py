@@ -84,7 +84,7 @@ def test_batchnorm_is_folded_and_logits_unchanged():
     h = L.Conv2D(8, 3, use_bias=False)(inputs)
     h = L.BatchNormalization()(h)
     h = L.ReLU()(h)
-    h = L.BatchNormalization()(h)  # after a ReLU: cannot be folded, ε-rule instead
+    h = L.BatchNormalization()(h)  # after a ReLU: cannot be folded, an affine layer of its own
     h = L.GlobalAveragePooling2D()(h)
     h = L.Dense(12)(h)
     h = L.BatchNormalization(center=False)(h)
@@ -94,10 +94,10 @@ def test_batchnorm_is_folded_and_logits_unchanged():
     rel_model = tf_dtd.relevance_model(model, "lrp_epsilon", return_prediction=True)
     relevance, logits = rel_model.predict(x, verbose=0)
     np.testing.assert_allclose(logits, _logits(model, x), rtol=1e-5, atol=1e-5)
-    kinds = {type(layer).__name__ for layer in rel_model.layers}
-    assert "BatchNormalization" in kinds  # the one after the ReLU stays
-    batch_norms = [lay for lay in rel_model.layers if isinstance(lay, L.BatchNormalization)]
-    assert len(batch_norms) == 1, "the two foldable BatchNorms must be folded away"
+    assert not any(isinstance(lay, L.BatchNormalization) for lay in rel_model.layers)
+    scales = [lay for lay in rel_model.layers if isinstance(lay, tf_dtd.layers.ScaleRelevance)]
+    assert len(scales) == 1, "the one after the ReLU stays; the two foldable ones are folded away"
+    assert scales[0].rule == tf_dtd.rules.Epsilon()  # it takes the preset's rule
     assert np.all(np.isfinite(relevance))
 
 
@@ -337,7 +337,7 @@ def test_by_name_rules_use_the_users_layer_names_in_nested_models():
     assert len(by_layer) == 3 and len(epsilon_layers) == 1
     # the user's fc_1 is the output layer, the one the target relevance enters first
     head = [lay for lay in rel_model.layers if lay.name in epsilon_layers][0]
-    assert head.param_shapes["w"] == (4, 2)
+    assert head.weight_shapes["kernel"] == (4, 2)
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "float64"])
@@ -380,6 +380,11 @@ def test_relevance_is_float32_under_a_global_mixed_precision_policy():
     finally:
         keras.config.set_dtype_policy("float32")
     ours = [lay for lay in rel_model.layers if "Relevance" in type(lay).__name__]
-    assert ours and all(lay.compute_dtype == "float32" for lay in ours)
+    # kernel layers compute their forward map as trained (the convolutions in float16, the
+    # float32 Dense in float32) and their relevance in float32
+    kernels = {type(lay).__name__: lay.compute_dtype for lay in ours
+               if isinstance(lay, tf_dtd.layers.KernelRelevance)}
+    assert kernels == {"ConvRelevance": "float16", "DenseRelevance": "float32"}, kernels
+    assert all(getattr(lay, "relevance_dtype", lay.compute_dtype) == "float32" for lay in ours)
     assert relevance.dtype == np.float32 and relevance.min() >= 0
     np.testing.assert_allclose(relevance.sum(axis=(1, 2, 3)), logits.max(-1), rtol=1e-4)

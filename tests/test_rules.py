@@ -125,7 +125,7 @@ def test_zplus_nonnegative_input_equals_signed_form(name, use_bias):
     # the seed's form a_i w⁺_ij on nonnegative inputs (plus the flat spread of dead units)
     _, z_j = reference("z", flat(x), np.maximum(m, 0), 0.0, flat(r), return_denominator=True)
     seed_form = reference("z", flat(x), np.maximum(m, 0), 0.0, flat(r)) + flat_fallback(
-        z_j, flat(r), c)
+        z_j, flat(r), c, flat(x))
     assert_close(fast, seed_form.reshape(x.shape))
 
 
@@ -187,7 +187,8 @@ def test_z_with_bias_is_gradient_times_input(name):
 @pytest.mark.parametrize("name", ["dense_2d", "conv2d_same_strided"])
 def test_zero_input(name, rule):
     """x = 0 (= low for ZBox(0, 1), with w >= 0): every z_j is 0. LRP-0/ε give zero relevance;
-    z⁺ and z^B spread each unit's relevance flat over its receptive field (conserved)."""
+    z⁺ and z^B spread each unit's relevance evenly over its receptive field, all of whose inputs
+    are zero (conserved)."""
     _, kernel, _, _, _, out_shape = setup_case(name, False)
     x = np.zeros((BATCH,) + CASES[name][2], "float32")
     kernel = np.abs(kernel) if isinstance(rule, rules.ZBox) else kernel
@@ -236,8 +237,9 @@ def test_zero_denominator_output_spreads_flat(rule):
     assert_close(actual, expected)
     dead = np.zeros(out_shape)
     dead[..., 0] = 1.0
-    spread = (flat(r) * dead.reshape(1, -1)) @ (c / c.sum(axis=0)).T
+    spread = flat_fallback(np.where(dead.reshape(1, -1) > 0, 0.0, 1.0), flat(r), c, flat(x))
     assert spread.sum() > 0 and np.all(actual >= spread.reshape(x.shape) - 1e-6)
+    np.testing.assert_allclose(spread.sum(), r[..., 0].sum(), rtol=1e-6)  # filter 0, in full
     np.testing.assert_allclose(actual.sum(), r.sum(), rtol=1e-5)
 
 

@@ -2,6 +2,8 @@
 
 import ast
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -23,7 +25,14 @@ def test_module_imports_only_numpy_and_pillow():
     imported = {alias.name.split(".")[0] for node in ast.walk(tree)
                 if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert imported <= {"os", "secrets", "numpy", "PIL", "tf_dtd.errors"}, imported
+    assert imported <= {"os", "secrets", "numpy", "PIL", "tf_dtd.errors", "tf_dtd.checks"}, (
+        imported)
+    # ... and nothing it imports starts TensorFlow or Keras
+    script = ("import sys, tf_dtd.visualize; "
+              "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]", result.stdout
 
 
 def test_colormap_tables():

@@ -81,6 +81,9 @@ class LayerType:
             copy it as it is.
         folds_batch_norm: a BatchNormalization reading only this layer's output is folded into
             its kernel and bias.
+        absorbs_padding: a ``ZeroPadding`` read only by this (``valid``) layer becomes part of it
+            (``canonical`` gets ``pad=``): its zeros are then no inputs to any rule, exactly as
+            with ``same`` padding.
         leak: why relevance may leak at the layer, for ``conservation_report``; ``None`` where
             the rule tells (kernel layers) or nothing leaks.
     """
@@ -94,6 +97,7 @@ class LayerType:
     kernel: bool = False
     canonical: object = None
     folds_batch_norm: bool = False
+    absorbs_padding: bool = False
     leak: str = None
 
     def takes(self, rule):

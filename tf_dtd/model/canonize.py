@@ -8,7 +8,8 @@ model: the forward half of the relevance model. On the way it
   kernel layers) by that replacement — a relevance layer that also computes the forward map —
   with a fused activation split into an ``Activation`` layer of its own, so the kernel layer's
   output is its pre-activation ``z``;
-- folds a BatchNormalization that directly follows such a layer into its kernel and bias;
+- folds a BatchNormalization that directly follows such a layer into its kernel and bias, and a
+  ``ZeroPadding`` that directly precedes a ``valid`` one into its padding;
 - removes a final softmax / sigmoid, so that the output is the logits;
 - copies every other layer from its config.
 
@@ -54,13 +55,14 @@ class Canonical:
 
     model: object
     origins: dict
-    folded: tuple = ()  # (BatchNorm name, name of the layer it folds into)
+    folded: tuple = ()  # (BatchNorm or ZeroPadding name, name of the layer it folds into)
     removed: str = None  # the name of the removed final squasher, if any
 
 
 def canonical_model(graph, *, name, relevance_dtype="float32", guard=True):
     """The canonical copy of ``graph`` (see the module doc) as a :class:`Canonical`."""
     folds, skipped = _folds(graph)
+    pads = _paddings(graph, skipped)
     output_node = graph.producers()[graph.output_id]
     squasher = activation_name(output_node.layer) in OUTPUT_SQUASHERS
     removed = None
@@ -85,7 +87,7 @@ def canonical_model(graph, *, name, relevance_dtype="float32", guard=True):
         if id(node.layer) not in copies:
             strip = squasher and node is output_node
             copies[id(node.layer)] = _copy(node.layer, folds.get(id(node)), strip, names,
-                                           relevance_dtype, origins)
+                                           relevance_dtype, origins, pads.get(id(node)))
         first, *rest = copies[id(node.layer)]
         unbuilt = not getattr(first, "built", True)
         replaced = origins[first.name].layer is node.layer and _replaced(node.layer)
@@ -101,19 +103,21 @@ def canonical_model(graph, *, name, relevance_dtype="float32", guard=True):
     if squasher:
         removed = f"{output_node.layer.name} ({activation_name(output_node.layer)})"
     folded = tuple((folds[id(n)].name, n.layer.name) for n in graph.nodes if id(n) in folds)
+    folded += tuple((pads[id(n)][1].name, n.layer.name) for n in graph.nodes if id(n) in pads)
     model = keras.Model(inputs, values[graph.output_id], name=name)
     return Canonical(model, origins, folded, removed)
 
 
-def _copy(layer, norm, strip_activation, names, relevance_dtype, origins):
+def _copy(layer, norm, strip_activation, names, relevance_dtype, origins, pad=None):
     """The layers that stand for ``layer`` in the canonical copy, weights set."""
     layer_type = registry.find(layer)
     if layer_type is None or layer_type.canonical is None:
         copy = _clone(layer, names)
         origins[copy.name] = Origin(layer)
         return [copy]
-    replacement = layer_type.canonical(layer, norm=norm, name=names(f"{layer.name}_relevance"),
-                                       relevance_dtype=relevance_dtype)
+    replacement = layer_type.canonical(
+        layer, norm=norm, pad=None if pad is None else pad[0],
+        name=names(f"{layer.name}_relevance"), relevance_dtype=relevance_dtype)
     origins[replacement.name] = Origin(layer, norm)
     result = [replacement]
     activation = layer.get_config().get("activation")
@@ -160,6 +164,38 @@ def _folds(graph):
             folds[id(linear)] = node.layer
             skipped[id(node)] = node.inputs[0]
     return folds, skipped
+
+
+_ZERO_PADDING = (keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D, keras.layers.ZeroPadding3D)
+
+
+def _paddings(graph, skipped):
+    """ZeroPadding nodes read only by a ``valid`` layer that absorbs them: ``{id(consumer node):
+    (((before, after), ...) per spatial axis, the padding layer)}``; the padding nodes join
+    ``skipped``."""
+    consumers, producers = graph.consumers(), graph.producers()
+    uses = {}
+    for node in graph.nodes:
+        uses[id(node.layer)] = uses.get(id(node.layer), 0) + 1
+    pads = {}
+    for node in graph.nodes:
+        padding = producers.get(node.inputs[0]) if len(node.inputs) == 1 else None
+        if padding is None or not isinstance(padding.layer, _ZERO_PADDING):
+            continue
+        layer_type = registry.find(node.layer)
+        if not (layer_type is not None and layer_type.absorbs_padding
+                and getattr(node.layer, "padding", None) == "valid"
+                and getattr(node.layer, "data_format", None) == padding.layer.data_format
+                and uses[id(node.layer)] == 1 and uses[id(padding.layer)] == 1
+                and len(consumers.get(padding.outputs[0], ())) == 1
+                and id(padding) not in skipped):
+            continue
+        amounts = padding.layer.padding
+        if isinstance(padding.layer, keras.layers.ZeroPadding1D):
+            amounts = (amounts,)
+        pads[id(node)] = (tuple(tuple(int(p) for p in pair) for pair in amounts), padding.layer)
+        skipped[id(padding)] = padding.inputs[0]
+    return pads
 
 
 def _foldable(linear, norm, consumers, uses, graph):
@@ -234,7 +270,7 @@ def canonical_weights(layer, origin):
         return []
     layer_type = registry.find(origin.layer)
     if layer_type is not None and layer_type.canonical is not None:
-        fresh = layer_type.canonical(origin.layer, norm=origin.norm, name="fresh",
+        fresh = layer_type.canonical(origin.layer, norm=origin.norm, pad=None, name="fresh",
                                      relevance_dtype="float32")
         return [fresh._initial[name] for name in type(fresh)._weight_names
                 if name in fresh._initial]

@@ -145,18 +145,22 @@ def _operation(layer_class):
 
 # --- Canonical copies of kernel layers ---
 
-def _kernel_type(dual_class, geometry=lambda layer: {}, out_axes=None, fold_key="kernel"):
+def _kernel_type(dual_class, geometry=lambda layer: {}, out_axes=None, fold_key="kernel",
+                 absorbs_padding=False):
     """The record of a kernel layer: replaced by ``dual_class`` in the canonical copy."""
 
-    def canonical(layer, *, norm=None, name, relevance_dtype):
+    def canonical(layer, *, norm=None, pad=None, name, relevance_dtype):
         weights = canonize.kernel_weights(layer, dual_class._weight_names)
         if norm is not None:
             weights = canonize.fold_batch_norm(weights, norm, fold_key, out_axes)
+        extra = {} if pad is None else {"explicit_padding": pad}
         return dual_class.with_weights(None, weights, name=name, dtype=layer.dtype_policy,
-                                       relevance_dtype=relevance_dtype, **geometry(layer))
+                                       relevance_dtype=relevance_dtype, **geometry(layer),
+                                       **extra)
 
     return registry.LayerType(kernel, rules=("linear", "pass"), description="rule",
-                              kernel=True, canonical=canonical, folds_batch_norm=True)
+                              kernel=True, canonical=canonical, folds_batch_norm=True,
+                              absorbs_padding=absorbs_padding)
 
 
 def _conv_geometry(layer):
@@ -164,7 +168,7 @@ def _conv_geometry(layer):
                 data_format=layer.data_format)
 
 
-def _batch_norm_canonical(layer, *, norm=None, name, relevance_dtype):
+def _batch_norm_canonical(layer, *, norm=None, pad=None, name, relevance_dtype):
     scale, shift = canonize.batch_norm_affine(layer)
     return kernel_layers.ScaleRelevance.with_weights(
         None, {"kernel": scale, "bias": shift}, axis=layer.axis, name=name,
@@ -175,15 +179,16 @@ def _register_builtins():
     kl, ops_ = keras.layers, operation_classes()
     scale_layers = application_layers()
     dense = _kernel_type(kernel_layers.DenseRelevance, out_axes=(-1,))
-    conv = _kernel_type(kernel_layers.ConvRelevance, _conv_geometry, out_axes=(-1,))
+    conv = _kernel_type(kernel_layers.ConvRelevance, _conv_geometry, out_axes=(-1,),
+                        absorbs_padding=True)
     depthwise = _kernel_type(kernel_layers.DepthwiseConvRelevance, _conv_geometry,
-                             out_axes=(-2, -1))
+                             out_axes=(-2, -1), absorbs_padding=True)
     transpose = _kernel_type(
         kernel_layers.ConvTransposeRelevance,
         lambda layer: dict(output_padding=layer.output_padding, **_conv_geometry(layer)),
         out_axes=(-2,))
     separable = _kernel_type(kernel_layers.SeparableConvRelevance, _conv_geometry,
-                             out_axes=(-1,), fold_key="pointwise_kernel")
+                             out_axes=(-1,), fold_key="pointwise_kernel", absorbs_padding=True)
     linear = registry.LayerType(linear_map(), rules=("linear", "pass"), description="rule")
     box_linear = registry.LayerType(linear_map(), rules=("linear", "pass"), description="rule",
                                     carries_input_box=True)

@@ -131,23 +131,33 @@ class ConvRelevance(KernelRelevance):
 
     Args:
         strides, padding, dilation_rate, data_format: those of the forward ``ConvND`` layer.
+        explicit_padding: ``((before, after), ...)`` zeros added to each spatial axis first
+            (a ``ZeroPadding`` layer absorbed into a ``valid`` convolution), or ``None``.
         **kwargs: see :class:`KernelRelevance`.
     """
 
     def __init__(self, rule=None, *, strides, padding, dilation_rate,
-                 data_format="channels_last", **kwargs):
+                 data_format="channels_last", explicit_padding=None, **kwargs):
         super().__init__(rule, **kwargs)
         self.strides = tuple(strides)
         self.padding = padding
         self.dilation_rate = tuple(dilation_rate)
         self.data_format = data_format
+        self.explicit_padding = None if explicit_padding is None else tuple(
+            tuple(int(p) for p in pair) for pair in explicit_padding)
+
+    def _channels_last(self, x):
+        """``x`` channels-last, with the absorbed zero padding."""
+        if self.data_format == "channels_first":
+            x = ops.moveaxis(x, 1, -1)
+        if self.explicit_padding is not None:
+            x = ops.pad(x, [[0, 0], *self.explicit_padding, [0, 0]])
+        return x
 
     def linear(self, xs, kernel):
         # Computed channels-last: TF has no CPU kernel for channels-first convolution gradients.
-        x = xs[0]
+        x = self._channels_last(xs[0])
         channels_first = self.data_format == "channels_first"
-        if channels_first:
-            x = ops.moveaxis(x, 1, -1)
         padding = self.padding
         if padding == "causal":
             left = self.dilation_rate[0] * (kernel.shape[0] - 1)
@@ -188,8 +198,10 @@ class ConvRelevance(KernelRelevance):
         return self._flat_via(count, masks)
 
     def get_config(self):
+        pads = None if self.explicit_padding is None else [list(p) for p in self.explicit_padding]
         return {**super().get_config(), "strides": list(self.strides), "padding": self.padding,
-                "dilation_rate": list(self.dilation_rate), "data_format": self.data_format}
+                "dilation_rate": list(self.dilation_rate), "data_format": self.data_format,
+                "explicit_padding": pads}
 
 
 @_register
@@ -263,8 +275,7 @@ class SeparableConvRelevance(ConvRelevance):
     def forward(self, x, dtype):
         depthwise = DepthwiseConvRelevance.convolve
         channels_first = self.data_format == "channels_first"
-        if channels_first:
-            x = ops.moveaxis(x, 1, -1)
+        x = self._channels_last(x)
         h = depthwise(self, x, ops.cast(self.depthwise_kernel, dtype), self.padding)
         z = ops.conv(h, ops.cast(self.pointwise_kernel, dtype), data_format="channels_last")
         return ops.moveaxis(z, -1, 1) if channels_first else z

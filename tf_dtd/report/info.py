@@ -33,7 +33,8 @@ def layer_rows(plan):
             record.update(relevance=step.description, rule=step.rule, error=step.error,
                           first=step.context.is_first)
         elif layer.name in folded:
-            record["relevance"] = f"fused into '{folded[layer.name]}' (scale and shift)"
+            what = "padding" if "Padding" in type(layer).__name__ else "scale and shift"
+            record["relevance"] = f"fused into '{folded[layer.name]}' ({what})"
         elif removed == layer.name:
             record["relevance"] = "removed: relevance starts at the logits"
         rows.append(record)
