@@ -21,8 +21,10 @@ done in fresh processes (``python -m <module> --worker TASK``): one *timing* wor
 model and XLA setting (every method and batch, interleaved with the baseline, see
 :mod:`benchmarks.protocol`), and one *fresh* worker per (model, batch, method) and per (model,
 batch) for the baseline, which measures the first call (set-up + trace + first batch) and the
-peak memory: ``ru_maxrss`` after the first call and ``memory_calls`` more, and the same minus its
-value after the model was built; on GPU also the device's peak bytes, reset after the build.
+peak memory: ``ru_maxrss`` after the first call and ``memory_calls`` more; its increase over the
+resident set after the model was built (``increase_bytes``) and over ``ru_maxrss`` then
+(``increase_over_peak_bytes``, zero when building the model peaked higher); on GPU also the
+device's peak bytes, reset after the build, and their increase over the bytes in use then.
 """
 
 import argparse
@@ -131,8 +133,9 @@ def fresh_worker(adapter, task):
     result = {
         "first_call": {"setup_s": set_up - start, "first_batch_s": first - set_up,
                        "total_s": first - start},
-        "rss": {"peak_bytes": peak, "before_bytes": peak_before,
-                "increase_bytes": peak - peak_before, "current_before_bytes": current_before},
+        "rss": {"peak_bytes": peak, "current_before_bytes": current_before,
+                "peak_before_bytes": peak_before, "increase_bytes": peak - current_before,
+                "increase_over_peak_bytes": peak - peak_before},
         "output": {"shape": list(out.shape), "finite": bool(_all_finite(out))},
     }
     if memory is not None:

@@ -6,7 +6,7 @@
 Standard library only. Times are medians in seconds; the ratio column is the median of the
 per-pair ratios ``method / baseline`` with its quartiles in brackets and its range after them;
 memory is the peak resident set size (CPU) or the device's peak bytes (GPU), in MiB, and "+"
-the increase of that peak over its value after the model was built.
+the increase of that peak over the memory in use after the model was built.
 """
 
 import argparse
@@ -38,7 +38,9 @@ def _row(record):
                  f"{ratio['median']:.2f} [{ratio['q25']:.2f}–{ratio['q75']:.2f}] "
                  f"({ratio['min']:.2f}–{ratio['max']:.2f})", str(timing["pairs"]))
     else:
-        times = ("—", "—", "error" if record.get("errors", {}).get("timing") else "—", "0")
+        problem = (record.get("errors") or {}).get("timing") or "—"
+        times = ("—", "—", "skipped" if problem.startswith("skipped") else
+                 "error" if problem != "—" else "—", "0")
     first = record.get("first_call") or {}
     first_cell = " / ".join(_seconds((first.get(side) or {}).get("total_s"))
                             for side in ("method", "baseline"))
@@ -61,8 +63,10 @@ def format_table(results):
     lines += [_row(record) for record in results]
     errors = [(record, stage, text) for record in results
               for stage, text in (record.get("errors") or {}).items()]
+    if errors:
+        lines.append("")
     for record, stage, text in errors:
-        lines.append(f"\n- {record['framework']} {record['model']} batch {record['batch']} "
+        lines.append(f"- {record['framework']} {record['model']} batch {record['batch']} "
                      f"{record['method']} XLA={record.get('jit')}: {stage}: "
                      f"{text.strip().splitlines()[-1] if text.strip() else text}")
     return "\n".join(lines)
