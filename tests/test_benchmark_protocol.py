@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from benchmarks import gpu_check, protocol, report  # noqa: E402
+from benchmarks import gpu_check, harness, protocol, report  # noqa: E402
 
 
 class FakeClock:
@@ -129,3 +129,85 @@ def test_max_pooling_ties_go_to_one_maximal_input_per_window_on_cpu(pool):
     assert case["duplicated_windows"] == case["lost_windows"] == case["misplaced_windows"] == 0
     assert case["max_window_conservation_error"] < 1e-5
     assert case["passed"]
+
+
+class FakeDeviceMemory:
+    """Device memory that grows by 100 bytes per call, peaking 50 above that inside it."""
+
+    def __init__(self):
+        self.current, self.high = 1000, 1000
+
+    def reset(self):
+        self.high = self.current
+        return self.current
+
+    def peak(self):
+        return self.high
+
+    def use(self):
+        self.high = max(self.high, self.current + 150)
+        self.current += 100
+
+
+class FakeAdapter:
+    """A framework-free adapter: 'good' returns 2·x, 'broken' cannot be set up."""
+
+    framework, baseline_name = "fake", "gradient_x_input"
+    models = default_models = ("tiny",)
+    methods = default_methods = ("good", "broken")
+
+    def __init__(self):
+        self.memory = FakeDeviceMemory()
+
+    def build(self, name, settings):
+        return {"name": name}
+
+    def input_shape(self, subject):
+        return (3,)
+
+    def inputs(self, subject, batch):
+        return np.ones((batch, 3), "float32")
+
+    def method(self, subject, name, settings):
+        if name == "broken":
+            raise RuntimeError("cannot rewrite")
+
+        def relevance(x):
+            self.memory.use()
+            return 2 * x
+        return harness.Call(relevance, {"name": name})
+
+    def baseline(self, subject, settings):
+        return lambda x: x
+
+    def device_memory(self):
+        return self.memory
+
+
+SETTINGS = {"repeats": 2, "min_seconds": 0.0, "max_repeats": 10, "warmup": 0, "memory_calls": 1}
+
+
+def test_timing_worker_records_every_method_and_batch_and_goes_on_after_an_error():
+    out = harness.timing_worker(FakeAdapter(), {"model": "tiny", "batches": [1, 4],
+                                                "methods": ["broken", "good"],
+                                                "settings": SETTINGS})
+    records = {(r["method"], r["batch"]): r for r in out["records"]}
+    assert sorted(records) == [("broken", 1), ("broken", 4), ("good", 1), ("good", 4)]
+    assert records["broken", 4]["error"] == "RuntimeError: cannot rewrite"
+    assert records["good", 4]["timing"]["pairs"] == 2
+    assert records["good", 1]["method_info"] == {"name": "good"}
+    device = records["good", 1]["device_memory_in_process"]
+    assert device["method"]["increase_bytes"] == 150 and device["baseline"]["increase_bytes"] == 0
+
+
+def test_fresh_worker_reports_first_call_memory_and_the_output():
+    out = harness.fresh_worker(FakeAdapter(), {"model": "tiny", "batch": 4, "side": "method",
+                                               "method": "good", "settings": SETTINGS})
+    assert out["output"] == {"shape": [4, 3], "finite": True}
+    assert out["first_call"]["total_s"] >= out["first_call"]["first_batch_s"] >= 0
+    rss = out["rss"]
+    assert rss["increase_bytes"] == rss["peak_bytes"] - rss["current_before_bytes"]
+    assert rss["increase_over_peak_bytes"] == rss["peak_bytes"] - rss["peak_before_bytes"] >= 0
+    # two calls (the first and --memory-calls 1): in use 1000 -> 1200, peak 1200 + 50
+    assert out["device_memory"] == {"peak_bytes": 1250, "before_bytes": 1000,
+                                    "increase_bytes": 250}
