@@ -12,7 +12,8 @@ A framework plugs in through an *adapter*: an object with
 - ``input_shape(subject)``, ``inputs(subject, batch)``: one sample's shape, a batch;
 - ``method(subject, name, settings)`` / ``baseline(subject, settings)``: set up an explanation
   (the rewrite, for tf_dtd) and return a callable ``fn(x) -> numpy array`` that finishes its
-  work; a callable with a ``close()`` method is closed after use;
+  work (a :class:`Call` carries an ``info`` dict into the results); a callable with a
+  ``close()`` method is closed after use;
 - ``device_memory()``: ``None`` on CPU, else an object with ``reset() -> bytes in use`` and
   ``peak() -> peak bytes since the reset``.
 
