@@ -3,7 +3,9 @@
 A framework plugs in through an *adapter*: an object with
 
 - ``framework``, ``baseline_name``: names stored in every result; ``supports_jit`` (optional,
-  default true): whether ``--jit`` and ``--gpu`` mean anything;
+  default true): whether ``--jit`` and ``--gpu`` mean anything; ``baseline_needs_own_model``
+  (optional, default true): whether the timing worker builds a second instance of the model
+  for the baseline;
 - ``models``, ``methods`` (all choices) and ``default_models``, ``default_methods``;
 - ``configure(settings)``: called first in every worker (threads, before the framework starts);
 - ``environment()``: dict of versions and devices;
@@ -79,7 +81,9 @@ def timing_worker(adapter, task):
     subject = adapter.build(task["model"], settings)
     # The baseline gets its own instance of the model (the same cached weights), so that
     # nothing a method sets up on its model (hooks, canonizers, caches) touches the baseline.
-    baseline = adapter.baseline(adapter.build(task["model"], settings), settings)
+    own = getattr(adapter, "baseline_needs_own_model", True)
+    baseline = adapter.baseline(adapter.build(task["model"], settings) if own else subject,
+                                settings)
     memory = adapter.device_memory()
     records = []
     for method in task["methods"]:

@@ -17,8 +17,9 @@ both sides (the top logit of each sample, the same numpy batch in, a numpy array
   (``neuron_selection_mode="max_activation"``; ``deep_taylor.bounded`` with low=0, high=255),
   which runs the analyzer's Keras model with ``predict_on_batch``;
 - baseline ``function`` (default): one graph-mode Keras backend function computing
-  ``tf.gradients(max logit, x) * x`` — TF 2.14's plain gradient×input, on its own instance of
-  the model; ``input_t_gradient``: iNNvestigate's own InputTimesGradient analyzer instead.
+  ``tf.gradients(max logit, x) * x`` — TF 2.14's plain gradient×input, on the same model
+  (graph mode: the analyzer builds its own graph, so unlike the other benchmarks no second
+  instance is built); ``input_t_gradient``: iNNvestigate's InputTimesGradient analyzer instead.
 
 No ``--jit`` and CPU only.
 """
@@ -49,6 +50,9 @@ class InnvestigateAdapter:
     methods = METHODS
     default_methods = ("deep_taylor.bounded",)
     supports_jit = False
+    # Graph mode: the analyzer builds its own graph and touches nothing of the baseline's, and a
+    # second model would double the graph that every analyzer-building step extends.
+    baseline_needs_own_model = False
 
     def configure(self, settings):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
