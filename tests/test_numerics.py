@@ -18,6 +18,10 @@ Sums and errors are evaluated in float64 so that the checks add no rounding of t
 """
 
 import functools
+import json
+import os
+import subprocess
+import sys
 import warnings
 
 import keras
@@ -429,3 +433,73 @@ def test_empty_batch():
 
     explained = tf_dtd.explain(model, empty, input_range=BOX)
     assert explained.shape == empty.shape and explained.dtype == np.float32
+
+
+@pytest.mark.parametrize("scale", [1e-9, 1e-6, 1e-3, 1e3, 1e6, 1e9])
+def test_lrp_zero_heatmap_scales_with_the_input(scale):
+    """A bias-free ReLU net is positively homogeneous, and LRP-0 has no stabiliser anywhere (not
+    on Add or pooling either): the heatmap of c·x is c times the heatmap of x, c = 1e-9 … 1e9."""
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((8, 8, 2))
+    h = L.Conv2D(4, 3, padding="same", activation="relu", use_bias=False)(inputs)
+    h = L.Add()([h, L.Conv2D(4, 1, activation="relu", use_bias=False)(h)])
+    h = L.AveragePooling2D(2)(h)
+    h = L.MaxPooling2D(2)(L.Conv2D(6, 3, padding="same", activation="relu", use_bias=False)(h))
+    model = keras.Model(inputs, L.Dense(3, use_bias=False)(L.GlobalAveragePooling2D()(h)))
+    x = samples(model, 4, seed=2)
+    relevance_model = tf_dtd.relevance_model(model, "lrp_z", target=0)
+    base = per_sample(relevance_model(x))
+    scaled = per_sample(relevance_model(np.float32(scale) * x)) / scale
+    assert np.abs(base).max() > 0
+    np.testing.assert_allclose(scaled, base, rtol=1e-4, atol=1e-6 * np.abs(base).max())
+
+
+_EMPTY_BATCH_SCRIPT = r"""
+import json, sys, tempfile
+import numpy as np
+import keras, tensorflow as tf
+import tf_dtd
+
+L = keras.layers
+keras.utils.set_random_seed(0)
+inputs = keras.Input((8, 8, 2))
+h = L.BatchNormalization()(L.Conv2D(5, 3, padding="same")(inputs))
+h = L.Add()([L.ReLU()(h), L.Conv2D(5, 1, activation="relu")(h)])
+h = L.MaxPooling2D(2)(L.DepthwiseConv2D(3, padding="same", activation="relu")(h))
+model = keras.Model(inputs, L.Dense(4)(L.GlobalAveragePooling2D()(h)))
+empty = np.zeros((0, 8, 8, 2), "float32")
+shapes = {}
+for preset in ("deep_taylor_bounded", "lrp_epsilon", "lrp_epsilon_gamma_box"):
+    relevance_model = tf_dtd.relevance_model(model, preset, input_range=(0.0, 1.0),
+                                             return_prediction=True)
+    heatmaps, logits = relevance_model(empty)
+    shapes[preset] = [list(heatmaps.shape), list(logits.shape)]
+    shapes[preset + "/predict_on_batch"] = [list(a.shape)
+                                            for a in relevance_model.predict_on_batch(empty)]
+by_class = tf_dtd.relevance_model(model, input_range=(0.0, 1.0), target="input")
+shapes["target=input"] = list(by_class([empty, np.zeros(0, "int32")]).shape)
+shapes["explain"] = list(tf_dtd.explain(model, empty, input_range=(0.0, 1.0)).shape)
+folder = tempfile.mkdtemp()
+tf_dtd.relevance_model(model, input_range=(0.0, 1.0)).export(folder, verbose=False)
+loaded = tf.saved_model.load(folder)  # kept: the function references its variables
+shapes["savedmodel"] = list(loaded.serve(empty).shape)
+print(json.dumps(shapes))
+"""
+
+
+@pytest.mark.parametrize("onednn", ["0", "1"])
+def test_empty_batch_in_both_kernel_modes(onednn):
+    """An empty batch gives empty results of the right shapes — calling the relevance model,
+    predict_on_batch, target="input", explain and the exported SavedModel — with TF's oneDNN
+    CPU kernels on and off (they disagree about empty tensors on some CPUs: the relevance model
+    never runs its layers on an empty batch). Each mode in a fresh process, the environment set
+    before TensorFlow loads."""
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", _EMPTY_BATCH_SCRIPT], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    shapes = json.loads(result.stdout.strip().splitlines()[-1])
+    for preset in ("deep_taylor_bounded", "lrp_epsilon", "lrp_epsilon_gamma_box"):
+        assert shapes[preset] == [[0, 8, 8, 2], [0, 4]], shapes
+        assert shapes[preset + "/predict_on_batch"] == [[0, 8, 8, 2], [0, 4]], shapes
+    assert shapes["target=input"] == shapes["explain"] == shapes["savedmodel"] == [0, 8, 8, 2]
