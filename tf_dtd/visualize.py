@@ -15,13 +15,13 @@ Example:
 """
 
 import os
-import secrets
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from tf_dtd.checks import check_choice
 from tf_dtd.errors import InvalidArgumentError
+from tf_dtd.files import atomic_write
 
 __all__ = [
     "COLORMAPS", "colormap", "grid", "heatmap_to_indices", "heatmap_to_rgb", "normalize",
@@ -235,23 +235,8 @@ def overlay(image, heatmap_rgb, alpha=0.5):
 
 
 def _atomic_save(image, path):
-    """Save a Pillow image as PNG at ``path`` through a temporary file and `os.replace`."""
-    path = os.fspath(path)
-    folder, base = os.path.split(os.path.abspath(path))
-    temporary = os.path.join(folder, f".{base}.{secrets.token_hex(6)}.tmp")
-    # os.open honours the umask, so the file ends up with an ordinary open()'s permissions.
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            image.save(stream, format="PNG")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-    return path
+    """Save a Pillow image as PNG at ``path``, atomically (:func:`tf_dtd.files.atomic_write`)."""
+    return atomic_write(path, lambda stream: image.save(stream, format="PNG"))
 
 
 def _palette_image(indices, cmap):

@@ -2,7 +2,7 @@
 
     tf-dtd demo [--out DIR] [--rules PRESET] [--overwrite]
     tf-dtd explain MODEL INPUT... [--out DIR] [--overwrite] [relevance options] [--overlay]
-                   [--cmap NAME] [--batch-size N]
+                   [--cmap NAME] [--batch-size N] [--html]
     tf-dtd export MODEL OUTDIR [--overwrite] [relevance options]
     tf-dtd info MODEL [--rules PRESET] [--input-range L H] [--preprocess NAME]
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from tf_dtd.app import process
 from tf_dtd.app.inputs import PREPROCESSING
-from tf_dtd.app.output import OutputFolder
+from tf_dtd.app.output import SUMMARY_COLUMNS, OutputFolder
 from tf_dtd.errors import TfDtdError
 from tf_dtd.preset_names import BOX_PRESETS, PRESET_NAMES
 from tf_dtd.visualize import COLORMAPS
@@ -37,6 +37,8 @@ from tf_dtd.visualize import COLORMAPS
 __all__ = ["main"]
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+STREAM_ABOVE = 1024  # more image inputs than this are streamed (tf_dtd.scale.explain_files)
+SHARD_SIZE = 256  # inputs per results shard when streaming
 
 
 class CommandError(TfDtdError):
@@ -141,6 +143,9 @@ def _parser():
     explain.add_argument("--cmap", default="bwr", choices=COLORMAPS, help="colour map")
     explain.add_argument("--batch-size", type=_positive, default=32,
                          help="inputs per batch (default: %(default)s)")
+    explain.add_argument("--html", action="store_true",
+                         help="also write report.html: inputs, heatmaps, overlays, top classes "
+                              "(one offline page, sortable)")
     explain.set_defaults(run=_explain)
 
     export = commands.add_parser("export", parents=[common, relevance, target, overwrite],
@@ -242,13 +247,21 @@ def conservation_summary(sums, logits, rules):
 def _explain(args):
     out = OutputFolder(args.out, overwrite=args.overwrite, reads=[args.model, *args.inputs])
     out.check()
-    process.import_tensorflow(args.verbose)
-    import tf_dtd
-    from tf_dtd import visualize
     from tf_dtd.app import inputs
 
-    model = _load_model(args.model)
     files = inputs.collect(args.inputs)
+    streamed = len(files) > STREAM_ABOVE and not any(f.lower().endswith(".npy") for f in files)
+    if streamed and args.html:
+        raise CommandError(
+            f"--html makes one page for at most {STREAM_ABOVE} inputs; received {len(files)} "
+            "images. Explain a part of them for the report, or leave out --html.")
+    process.import_tensorflow(args.verbose)
+    import tf_dtd
+
+    model = _load_model(args.model)
+    if streamed:
+        _explain_streamed(args, out, model, files)
+        return
     x, names, pictures = inputs.load_inputs(files, _image_shape(model), args.preprocess)
     verbose = 1 if len(x) > args.batch_size else 0  # a progress bar (stdout) for many inputs
     relevance, logits = tf_dtd.explain(
@@ -256,24 +269,54 @@ def _explain(args):
         return_prediction=True, batch_size=args.batch_size, verbose=verbose)
     predicted = logits.argmax(axis=1)
     explained = predicted if args.target == "max" else np.full(len(x), args.target)
+    pictures = [p if p is not None else _as_picture(x[i]) for i, p in enumerate(pictures)]
     with out:
-        for i, name in enumerate(names):
-            if args.overlay:
-                picture = pictures[i] if pictures[i] is not None else _as_picture(x[i])
-                colours = visualize.heatmap_to_rgb(relevance[i], cmap=args.cmap)
-                image = visualize.overlay(picture, colours, alpha=0.6)
-                out.write(f"{name}.png", lambda path, im=image: visualize.save_rgb_png(path, im))
-            else:
-                out.write(f"{name}.png", lambda path, h=relevance[i]: visualize.save_png(
-                    path, h, cmap=args.cmap))
+        _write_heatmaps(out, args, names, relevance, pictures)
         out.write("relevance.npz", lambda path: _save_npz(
             path, relevance=relevance, logits=logits, names=np.array(names),
             explained=explained))
         rows = [(name, int(p), int(e), float(logits[i, e]), float(relevance[i].sum()))
                 for i, (name, p, e) in enumerate(zip(names, predicted, explained))]
         out.write("summary.csv", lambda path: _save_csv(path, rows))
-    print(f"Explained {len(x)} input(s) with {args.rules}; wrote {len(x)} PNGs, relevance.npz "
-          f"and summary.csv to {args.out}/")
+        if args.html:
+            out.write("report.html", lambda path: tf_dtd.report.html(
+                path, pictures, relevance, logits, targets=explained, names=names,
+                cmap=args.cmap, title=f"{model.name}: {args.rules}"))
+    report = ", report.html" if args.html else ""
+    print(f"Explained {len(x)} input(s) with {args.rules}; wrote {len(x)} PNGs, relevance.npz, "
+          f"summary.csv{report} to {args.out}/")
+
+
+def _write_heatmaps(out, args, names, relevance, pictures):
+    from tf_dtd import visualize
+
+    for i, name in enumerate(names):
+        if args.overlay:
+            colours = visualize.heatmap_to_rgb(relevance[i], cmap=args.cmap)
+            image = visualize.overlay(pictures[i], colours, alpha=0.6)
+            out.write(f"{name}.png", lambda path, im=image: visualize.save_rgb_png(path, im))
+        else:
+            out.write(f"{name}.png", lambda path, h=relevance[i]: visualize.save_png(
+                path, h, cmap=args.cmap))
+
+
+def _explain_streamed(args, out, model, files):
+    """More than STREAM_ABOVE images: shards of results instead of one array in memory."""
+    import tf_dtd
+    from tf_dtd.scale import explain_files
+
+    _image_shape(model)
+    relevance_model = tf_dtd.relevance_model(model, args.rules, target=args.target,
+                                             input_range=_input_range(args, model))
+    print(f"Streaming {len(files)} images: results/ holds shards of {SHARD_SIZE} "
+          "(tf_dtd.load_results reads them); heatmaps are written shard by shard.")
+    with out:
+        out.fill(lambda path: explain_files(
+            relevance_model, files, path, preprocessing=args.preprocess,
+            batch_size=args.batch_size, shard_size=SHARD_SIZE, cmap=args.cmap,
+            overlay=args.overlay, verbose=1))
+    print(f"Explained {len(files)} input(s) with {args.rules}; wrote {len(files)} PNGs, "
+          f"results/ and summary.csv to {args.out}/")
 
 
 def _export(args):
@@ -385,7 +428,7 @@ def _save_npz(path, **arrays):
 def _save_csv(path, rows):
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["file", "predicted_class", "explained_class", "logit", "relevance_sum"])
+    writer.writerow(SUMMARY_COLUMNS)
     writer.writerows(rows)
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(text.getvalue())

@@ -28,7 +28,8 @@ from PIL import Image, UnidentifiedImageError
 from tf_dtd.boxes import input_box
 from tf_dtd.errors import InvalidArgumentError
 
-__all__ = ["IMAGE_SUFFIXES", "PREPROCESSING", "collect", "load_inputs", "preprocessing_box"]
+__all__ = ["IMAGE_SUFFIXES", "PREPROCESSING", "UniqueNames", "collect", "load_inputs",
+           "preprocessing_box"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -117,7 +118,8 @@ def load_inputs(files, input_shape, preprocessing="unit"):
             f"{len(stretched)} of {images} images have another aspect ratio than the model "
             f"input ({input_shape[0]}x{input_shape[1]}) and were stretched to it: {listed}",
             stacklevel=2)
-    return np.stack(samples).astype("float32"), _unique(names), pictures
+    unique = UniqueNames()
+    return np.stack(samples).astype("float32"), [unique.add(n) for n in names], pictures
 
 
 def preprocessing_box(preprocessing, channels):
@@ -222,11 +224,20 @@ def _fit(sample, input_shape):
     return sample
 
 
-def _unique(names):
-    """Make sample names unique (two ``a.png`` in different folders): ``a``, ``a~1``, ..."""
-    seen, result = {}, []
-    for name in names:
-        count = seen.get(name, 0)
-        seen[name] = count + 1
-        result.append(name if count == 0 else f"{name}~{count}")
-    return result
+class UniqueNames:
+    """Sample names made unique as they come (two ``a.png`` in different folders): ``a``, ``a~1``.
+
+    Example:
+        >>> names = UniqueNames()
+        >>> [names.add(n) for n in ["a", "b", "a"]]
+        ['a', 'b', 'a~1']
+    """
+
+    def __init__(self):
+        self.seen = {}
+
+    def add(self, name):
+        """Return ``name``, or ``name~k`` if it came ``k`` times before."""
+        count = self.seen.get(name, 0)
+        self.seen[name] = count + 1
+        return name if count == 0 else f"{name}~{count}"

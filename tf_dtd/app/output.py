@@ -14,7 +14,10 @@ import shutil
 from tf_dtd.app.process import signals_deferred
 from tf_dtd.errors import TfDtdError
 
-__all__ = ["OutputError", "OutputFolder"]
+__all__ = ["SUMMARY_COLUMNS", "OutputError", "OutputFolder"]
+
+# The columns of summary.csv (tf-dtd explain, tf_dtd.scale.explain_files).
+SUMMARY_COLUMNS = ("file", "predicted_class", "explained_class", "logit", "relevance_sum")
 
 
 class OutputError(TfDtdError):

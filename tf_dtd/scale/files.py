@@ -6,14 +6,15 @@ import os
 
 from tf_dtd import visualize
 from tf_dtd.app import inputs
+from tf_dtd.app.output import SUMMARY_COLUMNS
 from tf_dtd.errors import InvalidArgumentError
+from tf_dtd.files import atomic_write
 from tf_dtd.scale.dataset import explain_dataset
-from tf_dtd.scale.shards import atomic_write, load_results
+from tf_dtd.scale.shards import load_results
 
-__all__ = ["RESULTS_FOLDER", "SUMMARY_COLUMNS", "explain_files"]
+__all__ = ["RESULTS_FOLDER", "explain_files"]
 
 RESULTS_FOLDER = "results"
-SUMMARY_COLUMNS = ("file", "predicted_class", "explained_class", "logit", "relevance_sum")
 
 
 def explain_files(relevance_model, files, out, *, preprocessing="unit", batch_size=32,
@@ -57,7 +58,7 @@ def explain_files(relevance_model, files, out, *, preprocessing="unit", batch_si
     sample_shape = tuple(relevance_model.inputs[0].shape[1:])
 
     def write_outputs(summary):  # PNGs and summary rows, one shard at a time
-        names = _UniqueNames()
+        names = inputs.UniqueNames()
         text = io.TextIOWrapper(summary, encoding="utf-8", newline="")
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(SUMMARY_COLUMNS)
@@ -82,15 +83,3 @@ def explain_files(relevance_model, files, out, *, preprocessing="unit", batch_si
 
     atomic_write(os.path.join(out, "summary.csv"), write_outputs)
     return count
-
-
-class _UniqueNames:
-    """``a``, ``a~1``, ``a~2`` ...: the names ``tf-dtd explain`` gives repeated file stems."""
-
-    def __init__(self):
-        self.seen = {}
-
-    def add(self, name):
-        count = self.seen.get(name, 0)
-        self.seen[name] = count + 1
-        return name if count == 0 else f"{name}~{count}"

@@ -19,39 +19,17 @@ at a time.
 
 import json
 import os
-import secrets
 
 import numpy as np
 
 from tf_dtd.errors import InvalidArgumentError
+from tf_dtd.files import TEMPORARY_PREFIX, atomic_write
 
-__all__ = ["MANIFEST", "ShardStore", "atomic_write", "load_results"]
+__all__ = ["MANIFEST", "ShardStore", "load_results"]
 
 MANIFEST = "manifest.json"
 _FORMAT = "tf_dtd.explain_dataset"
 _VERSION = 1
-_TEMPORARY = ".tmp-"
-
-
-def atomic_write(path, write):
-    """Call ``write(binary_file)`` on a temporary file next to ``path``, then rename it to ``path``.
-
-    The file is flushed and fsynced before the rename; on failure the temporary file is removed
-    and ``path`` is left as it was. Permissions follow the umask, like ``open(path, "wb")``.
-    """
-    folder, name = os.path.split(os.path.abspath(path))
-    temporary = os.path.join(folder, f"{_TEMPORARY}{name}-{os.getpid()}-{secrets.token_hex(4)}")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 class ShardStore:
@@ -70,7 +48,7 @@ class ShardStore:
         path = os.path.join(self.out, MANIFEST)
         existing = read_manifest(self.out) if os.path.exists(path) else None
         if existing is None and os.path.isdir(self.out) and any(
-                not name.startswith(_TEMPORARY) for name in os.listdir(self.out)):
+                not name.startswith(TEMPORARY_PREFIX) for name in os.listdir(self.out)):
             raise InvalidArgumentError(
                 f"out must be a new or empty folder, or hold an explain_dataset run to resume. "
                 f"Received: {self.out!r}, which holds other files and no {MANIFEST}")
@@ -89,7 +67,7 @@ class ShardStore:
                              "parameters": self.parameters, "shards": [], "samples": 0,
                              "complete": False}
         for name in os.listdir(self.out):  # left by a run that was killed mid-write
-            if name.startswith(_TEMPORARY):
+            if name.startswith(TEMPORARY_PREFIX):
                 os.remove(os.path.join(self.out, name))
         self._write_manifest()
 
