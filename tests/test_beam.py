@@ -187,5 +187,5 @@ def test_pipeline_on_tfrecords_with_bad_records(beam, relevance_model, images, t
     dead = sorted(dead, key=lambda d: d["id"])
     assert [d["stage"] for d in dead] == ["read", "read"]
     assert dead[0]["id"] == f"{path}:3"  # where it is: a malformed record's id is not trusted
-    assert "'x' (id 'too-short') must hold 1024 floats" in dead[0]["error"]
+    assert "'x' (id 'too-short') must hold 784 floats" in dead[0]["error"]
     assert dead[1]["id"] == f"{path}:4" and "not a tf.train.Example" in dead[1]["error"]

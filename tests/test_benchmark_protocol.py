@@ -106,9 +106,14 @@ def test_window_check_flags_duplicated_lost_and_misplaced_relevance():
         return shares.reshape(n, h, w, c, pool, pool).transpose(0, 1, 4, 2, 5, 3).reshape(
             x.shape)
 
+    shared = np.where(maximal, arriving[..., None] / maximal.sum(axis=-1, keepdims=True), 0.0)
+    assert gpu_check.check_windows(x, arriving, placed_from(shared), pool)["passed"]
+    # The gradient's routing: all to the first maximal input, conserving but unfair on ties.
     first = np.argmax(maximal, axis=-1)[..., None]
     one_winner = np.where(np.arange(pool * pool) == first, arriving[..., None], 0.0)
-    assert gpu_check.check_windows(x, arriving, placed_from(one_winner), pool)["passed"]
+    first_only = gpu_check.check_windows(x, arriving, placed_from(one_winner), pool)
+    assert first_only["unequal_windows"] == first_only["tied_windows"] and not first_only["passed"]
+    assert first_only["max_window_conservation_error"] < 1e-6
     # cuDNN-style duplication: every tied maximum receives the window's full relevance.
     duplicated = gpu_check.check_windows(
         x, arriving, placed_from(np.where(maximal, arriving[..., None], 0.0)), pool)
@@ -123,10 +128,11 @@ def test_window_check_flags_duplicated_lost_and_misplaced_relevance():
 
 
 @pytest.mark.parametrize("pool", [2, 3])
-def test_max_pooling_ties_go_to_one_maximal_input_per_window_on_cpu(pool):
+def test_max_pooling_ties_share_each_window_equally_on_cpu(pool):
     case = gpu_check.tie_case(pool, "channels_last", jit=False)
     assert case["tied_windows"] > 0 and case["windows_with_relevance"] == case["windows"]
     assert case["duplicated_windows"] == case["lost_windows"] == case["misplaced_windows"] == 0
+    assert case["unequal_windows"] == 0
     assert case["max_window_conservation_error"] < 1e-5
     assert case["passed"]
 

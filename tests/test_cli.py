@@ -144,8 +144,11 @@ def test_info_lists_layers_and_rules(tmp_path):
     stem = next(line for line in lines if line.startswith("stem_conv"))
     assert "ZBox" in stem and "[first]" in stem
     assert "Gamma" in next(line for line in lines if line.startswith("block1_1_conv"))
-    assert "folded" not in result.stdout  # BatchNorm is shown as the layer it is
-    assert "24 layers, 0 unsupported" in lines
+    layers = len(keras.models.load_model(digits.MODEL_PATH).layers) - 1  # less the InputLayer
+    assert f"{layers} layers, 0 unsupported" in lines
+    table = lines[2:2 + layers]  # after the title and the header
+    assert [line.split()[0] for line in table] == [
+        layer.name for layer in keras.models.load_model(digits.MODEL_PATH).layers[1:]]
     assert "[positive_bias]" in lines[-1]  # the diagnosis follows the table
 
 

@@ -69,9 +69,10 @@ def test_import_is_lazy_and_saved_relevance_models_load_after_it(tmp_path):
 def test_public_names_are_as_before():
     assert sorted(tf_dtd.__all__) == sorted([
         "Composite", "HandlerContext", "InputRangeWarning", "InvalidArgumentError", "PRESETS",
-        "TfDtdError", "UnsupportedLayerError", "UnsupportedModelError", "diagnose", "digits",
-        "evaluate", "explain", "input_box", "layers", "quantus_explain_func",
-        "register_layer_rule", "relevance_model", "rules"])
+        "TfDtdError", "UnsupportedLayerError", "UnsupportedModelError", "callbacks", "diagnose",
+        "digits", "evaluate", "explain", "explain_dataset", "input_box", "layers",
+        "load_results", "quantus_explain_func", "register_layer_rule", "relevance_model", "rules",
+        "sync_weights"])
     namespace = {}
     exec("from tf_dtd import *", namespace)
     assert set(tf_dtd.__all__) <= set(namespace)

@@ -20,7 +20,7 @@ def atomic_write(path, write):
     ``open(path, "wb")``.
 
     Returns:
-        ``path``.
+        ``path`` as a string (``os.fspath``).
 
     Example:
         >>> atomic_write("numbers.bin", lambda handle: handle.write(b"\\x00\\x01"))
@@ -40,4 +40,4 @@ def atomic_write(path, write):
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
-    return path
+    return os.fspath(path)

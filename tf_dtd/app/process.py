@@ -95,14 +95,17 @@ def import_tensorflow(verbose=False):
 
     TensorFlow's native start-up writes to file descriptor 2 before its log settings apply, so
     the descriptor is pointed at an unnamed temporary file for the import and the device probe;
-    what was written there is shown only if the import fails. Later native log lines below
-    ERROR are filtered by ``TF_CPP_MIN_LOG_LEVEL`` (unless the user set it).
+    what was written there is shown only if the import fails. Later native log lines are
+    filtered by ``TF_CPP_MIN_LOG_LEVEL=3`` (unless the user set it): ERROR lines included, since
+    TensorFlow logs notices there that are no failures (oneDNN's "supports DT_INT32 only on
+    platforms with AVX-512" on CPUs without AVX-512); a real failure reaches the user as an
+    exception.
     """
     if verbose:
         import keras
         import tensorflow as tf
         return tf, keras
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.stderr.flush()
     saved = os.dup(2)
     try:

@@ -156,7 +156,10 @@ def _cached(model, rules, input_range, target, return_prediction, name):
     """The relevance model of these arguments, built on first use and synced afterwards."""
     key = (_rules_key(rules), _range_key(input_range), target, bool(return_prediction), name)
     try:
-        per_model = _EXPLAIN_CACHE.setdefault(model, {})
+        per_model = _EXPLAIN_CACHE.get(model)
+        if per_model is None:
+            per_model = _EXPLAIN_CACHE[model] = {}
+            weakref.finalize(model, _release, per_model)
     except TypeError:  # not weak-referenceable: no caching
         per_model = {}
     if key in per_model:
@@ -167,6 +170,17 @@ def _cached(model, rules, input_range, target, return_prediction, name):
                              return_prediction=return_prediction, name=name)
     per_model[key] = (result, rules)  # rules kept alive: its id is part of the key
     return result
+
+
+def _release(per_model):
+    """The model is gone: free its cached relevance models.
+
+    Keras' traced predict function is kept alive by TensorFlow beyond the model that traced it,
+    and its closure holds the relevance model; dropping it lets the relevance model go.
+    """
+    for relevance, _ in per_model.values():
+        relevance.predict_function = None
+    per_model.clear()
 
 
 def _rules_key(rules):
