@@ -24,16 +24,6 @@ def beam():
 
 
 @pytest.fixture(scope="module")
-def model():
-    return digits.load_model()
-
-
-@pytest.fixture(scope="module")
-def relevance_model(model):
-    return tf_dtd.relevance_model(model, input_range=(0.0, 1.0))
-
-
-@pytest.fixture(scope="module")
 def images():
     return digits.load_samples()[0][:5]
 

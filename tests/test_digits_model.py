@@ -13,11 +13,6 @@ INK = 0.25  # a pixel brighter than this holds ink
 
 
 @pytest.fixture(scope="module")
-def model():
-    return digits.load_model()
-
-
-@pytest.fixture(scope="module")
 def samples():
     return digits.load_samples()
 

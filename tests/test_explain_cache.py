@@ -3,11 +3,14 @@ without retracing, following the model's weights, and never keeping a deleted mo
 
 import gc
 import logging
+import subprocess
+import sys
 import warnings
 import weakref
 
 import keras
 import numpy as np
+import pytest
 
 import tf_dtd
 from tf_dtd.relevance import api
@@ -72,3 +75,37 @@ def test_a_deleted_model_is_not_kept_alive():
     assert alive() is None
     gc.collect()  # the model's finalizer released its relevance models in the first collection
     assert relevance_model() is None
+
+
+RETRACING_SCRIPT = """
+import logging, sys
+import keras, numpy as np, tf_dtd
+
+messages = []
+handler = logging.Handler(logging.WARNING)
+handler.emit = lambda record: messages.append(record.getMessage())
+logging.getLogger("tensorflow").addHandler(handler)
+keras.utils.set_random_seed(2)
+inputs = keras.Input((6, 6, 1))
+h = keras.layers.Conv2D(3, 3, activation="relu")(inputs)
+model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.Flatten()(h)))
+x = np.random.default_rng(2).uniform(0, 1, (3, 6, 6, 1)).astype("float32")
+if sys.argv[1] == "explain":
+    for name in sorted(tf_dtd.PRESETS):
+        tf_dtd.explain(model, x, name, input_range=(0.0, 1.0))
+else:  # the same pattern without explain: a new model traced each time
+    for _ in range(len(tf_dtd.PRESETS)):
+        keras.Model(model.inputs, model.outputs).predict(x, verbose=0)
+print(sum("triggered tf.function retracing" in m for m in messages))
+"""
+
+
+@pytest.mark.parametrize("loop, warnings_expected", [("explain", False), ("predict", True)])
+def test_explaining_with_every_preset_reports_no_retracing(loop, warnings_expected):
+    # Each preset is a new relevance model, traced once. TensorFlow counts traces per Python
+    # function (every Keras predict function is one closure) and calls the sixth "retracing";
+    # it warns at most twice per process, hence a fresh process per case.
+    result = subprocess.run([sys.executable, "-c", RETRACING_SCRIPT, loop], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (int(result.stdout.split()[-1]) > 0) == warnings_expected

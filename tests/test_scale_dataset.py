@@ -21,16 +21,6 @@ from tf_dtd.scale import explainer as explainer_lib
 
 
 @pytest.fixture(scope="module")
-def model():
-    return digits.load_model()
-
-
-@pytest.fixture(scope="module")
-def relevance_model(model):
-    return tf_dtd.relevance_model(model, input_range=digits.INPUT_RANGE)
-
-
-@pytest.fixture(scope="module")
 def x():
     images, _ = digits.load_samples()
     noise = np.random.default_rng(0).uniform(0, 0.2, (3, *images.shape[1:]))

@@ -13,11 +13,6 @@ from tf_dtd.errors import InvalidArgumentError
 from tf_dtd.scale import explain_files
 
 
-@pytest.fixture(scope="module")
-def relevance_model():
-    return tf_dtd.relevance_model(digits.load_model(), input_range=(0.0, 1.0))
-
-
 def test_heatmaps_and_summary_of_many_files(relevance_model, tmp_path):
     images, _ = digits.load_samples()
     files = []

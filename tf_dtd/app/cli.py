@@ -18,25 +18,21 @@ argument errors answer without starting TensorFlow; its start-up messages are hi
 """
 
 import argparse
-import csv
-import io
 import os
 import sys
 import warnings
-import zipfile
 
 import numpy as np
 
-from tf_dtd.app import process
-from tf_dtd.app.inputs import PREPROCESSING
-from tf_dtd.app.output import SUMMARY_COLUMNS, OutputFolder
+from tf_dtd.app import output, process
+from tf_dtd.app.inputs import PREPROCESSING, load_model_file
+from tf_dtd.app.output import OutputFolder
 from tf_dtd.errors import TfDtdError
 from tf_dtd.preset_names import BOX_PRESETS, PRESET_NAMES
 from tf_dtd.visualize import COLORMAPS
 
 __all__ = ["main"]
 
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 STREAM_ABOVE = 1024  # more image inputs than this are streamed (tf_dtd.scale.explain_files)
 SHARD_SIZE = 256  # inputs per results shard when streaming
 
@@ -258,7 +254,7 @@ def _explain(args):
     process.import_tensorflow(args.verbose)
     import tf_dtd
 
-    model = _load_model(args.model)
+    model = load_model_file(args.model)
     if streamed:
         _explain_streamed(args, out, model, files)
         return
@@ -269,15 +265,15 @@ def _explain(args):
         return_prediction=True, batch_size=args.batch_size, verbose=verbose)
     predicted = logits.argmax(axis=1)
     explained = predicted if args.target == "max" else np.full(len(x), args.target)
-    pictures = [p if p is not None else _as_picture(x[i]) for i, p in enumerate(pictures)]
+    pictures = [p if p is not None else output.as_picture(x[i]) for i, p in enumerate(pictures)]
     with out:
         _write_heatmaps(out, args, names, relevance, pictures)
-        out.write("relevance.npz", lambda path: _save_npz(
+        out.write("relevance.npz", lambda path: output.save_npz(
             path, relevance=relevance, logits=logits, names=np.array(names),
             explained=explained))
         rows = [(name, int(p), int(e), float(logits[i, e]), float(relevance[i].sum()))
                 for i, (name, p, e) in enumerate(zip(names, predicted, explained))]
-        out.write("summary.csv", lambda path: _save_csv(path, rows))
+        out.write("summary.csv", lambda path: output.save_summary(path, rows))
         if args.html:
             out.write("report.html", lambda path: tf_dtd.report.html(
                 path, pictures, relevance, logits, targets=explained, names=names,
@@ -325,7 +321,7 @@ def _export(args):
     tf, _ = process.import_tensorflow(args.verbose)
     import tf_dtd
 
-    model = _load_model(args.model)
+    model = load_model_file(args.model)
     relevance_model = tf_dtd.relevance_model(model, args.rules, target=args.target,
                                              input_range=_input_range(args, model))
     with out:
@@ -346,7 +342,7 @@ def _info(args):
     from tf_dtd.report.diagnosis import diagnose, format_findings
     from tf_dtd.report.info import format_plan
 
-    model = _load_model(args.model)
+    model = load_model_file(args.model)
     input_range = _input_range(args, model)
     plan = decide(model, args.rules, input_range=input_range)
     print(f"Model {model.name!r}: input {model.input_shape}, output {model.output_shape}; "
@@ -386,50 +382,3 @@ def _image_shape(model):
             "tf-dtd explain reads images for models with one input of shape (height, width, 1 "
             f"or 3 channels). Received: model {model.name!r} with input shape {shape}")
     return tuple(shape[1:])
-
-
-def _load_model(path):
-    import keras
-
-    if not os.path.exists(path):
-        raise CommandError(f"Model file {path!r} does not exist.")
-    if os.path.isdir(path) or not path.endswith((".keras", ".h5")):
-        raise CommandError(f"Model {path!r} must be a .keras or .h5 file.")
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(len(_HDF5_SIGNATURE))
-    except OSError as error:
-        raise CommandError(f"Cannot read model {path!r}: {error.strerror}.") from None
-    kind = ("a zip archive" if path.endswith(".keras") else "an HDF5 file")
-    if (not zipfile.is_zipfile(path) if path.endswith(".keras") else head != _HDF5_SIGNATURE):
-        raise CommandError(f"{path!r} is not a Keras model file: a {os.path.splitext(path)[1]} "
-                           f"model is {kind}, as model.save writes it.")
-    try:
-        return keras.models.load_model(path)
-    except Exception as error:
-        first_line = str(error).splitlines()[0] if str(error) else ""
-        raise CommandError(f"Cannot read model {path!r}: {type(error).__name__}: "
-                           f"{first_line}") from error
-
-
-def _as_picture(sample):
-    """A model input without a source image (``.npy``), min-max scaled to RGB uint8."""
-    low, high = float(sample.min()), float(sample.max())
-    scaled = (sample - low) / (high - low) if high > low else np.zeros_like(sample)
-    picture = np.round(scaled * 255).astype("uint8")
-    return np.repeat(picture, 3, axis=-1) if picture.shape[-1] == 1 else picture
-
-
-def _save_npz(path, **arrays):
-    with open(path, "wb") as handle:
-        np.savez_compressed(handle, **arrays)
-
-
-def _save_csv(path, rows):
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(SUMMARY_COLUMNS)
-    writer.writerows(rows)
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text.getvalue())
-

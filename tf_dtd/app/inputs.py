@@ -21,6 +21,7 @@ torch     (pixels / 255 − ImageNet mean) / ImageNet std  per channel
 
 import os
 import warnings
+import zipfile
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -29,6 +30,7 @@ from tf_dtd.boxes import input_box
 from tf_dtd.errors import InvalidArgumentError
 
 __all__ = ["IMAGE_SUFFIXES", "PREPROCESSING", "UniqueNames", "collect", "load_inputs",
+           "load_model_file",
            "preprocessing_box"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -241,3 +243,37 @@ class UniqueNames:
         count = self.seen.get(name, 0)
         self.seen[name] = count + 1
         return name if count == 0 else f"{name}~{count}"
+
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def load_model_file(path):
+    """Load the Keras model file ``path`` (``.keras`` or ``.h5``), or say what is wrong with it.
+
+    Raises:
+        InvalidArgumentError: the file is missing, has another suffix, is not what its suffix
+            says (a text file named ``x.keras``) or Keras cannot read it.
+    """
+    import keras
+
+    if not os.path.exists(path):
+        raise InvalidArgumentError(f"Model file {path!r} does not exist.")
+    if os.path.isdir(path) or not path.endswith((".keras", ".h5")):
+        raise InvalidArgumentError(f"Model {path!r} must be a .keras or .h5 file.")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(_HDF5_SIGNATURE))
+    except OSError as error:
+        raise InvalidArgumentError(f"Cannot read model {path!r}: {error.strerror}.") from None
+    kind = ("a zip archive" if path.endswith(".keras") else "an HDF5 file")
+    if (not zipfile.is_zipfile(path) if path.endswith(".keras") else head != _HDF5_SIGNATURE):
+        raise InvalidArgumentError(
+            f"{path!r} is not a Keras model file: a {os.path.splitext(path)[1]} model is "
+            f"{kind}, as model.save writes it.")
+    try:
+        return keras.models.load_model(path)
+    except Exception as error:
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        raise InvalidArgumentError(f"Cannot read model {path!r}: {type(error).__name__}: "
+                                   f"{first_line}") from error

@@ -7,14 +7,18 @@ folder never holds a mix of two runs. A failure or an interruption removes the s
 files are created like any file write: their permissions follow the umask.
 """
 
+import csv
 import os
 import secrets
 import shutil
 
+import numpy as np
+
 from tf_dtd.app.process import signals_deferred
 from tf_dtd.errors import TfDtdError
 
-__all__ = ["SUMMARY_COLUMNS", "OutputError", "OutputFolder"]
+__all__ = ["SUMMARY_COLUMNS", "OutputError", "OutputFolder", "as_picture", "save_npz",
+           "save_summary", "summary_writer"]
 
 # The columns of summary.csv (tf-dtd explain, tf_dtd.scale.explain_files).
 SUMMARY_COLUMNS = ("file", "predicted_class", "explained_class", "logit", "relevance_sum")
@@ -165,3 +169,30 @@ class OutputFolder:
     def _error(self, what, error):
         reason = error.strerror or str(error)
         return OutputError(f"{self.option} {self.folder!r}: {what} the folder: {reason}.")
+
+
+def summary_writer(text):
+    """A ``csv.writer`` for summary.csv on the text stream ``text``, the header written."""
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(SUMMARY_COLUMNS)
+    return writer
+
+
+def save_summary(path, rows):
+    """Write summary.csv (:data:`SUMMARY_COLUMNS`, then ``rows``) to ``path``."""
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        summary_writer(handle).writerows(rows)
+
+
+def save_npz(path, **arrays):
+    """``np.savez_compressed`` to ``path`` (no ``.npz`` appended)."""
+    with open(path, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
+
+
+def as_picture(sample):
+    """A model input without a source image (``.npy``), min-max scaled to RGB uint8."""
+    low, high = float(sample.min()), float(sample.max())
+    scaled = (sample - low) / (high - low) if high > low else np.zeros_like(sample)
+    picture = np.round(scaled * 255).astype("uint8")
+    return np.repeat(picture, 3, axis=-1) if picture.shape[-1] == 1 else picture

@@ -1,5 +1,7 @@
 """The public entry points: :func:`relevance_model`, :func:`explain` and :func:`sync_weights`."""
 
+import contextlib
+import logging
 import weakref
 
 import numpy as np
@@ -149,7 +151,31 @@ def explain(model, x, rules="deep_taylor_bounded", *, input_range=None, target="
             empty = [np.zeros((0, *tuple(t.shape[1:])), t.dtype) for t in rel_model.outputs]
             return empty if return_prediction else empty[0]
     data = x if class_ids is None else [x, class_ids]
-    return rel_model.predict(data, batch_size=batch_size, verbose=verbose)
+    with _first_traces_unreported():
+        return rel_model.predict(data, batch_size=batch_size, verbose=verbose)
+
+
+class _FirstTraceFilter(logging.Filter):
+    """Drops TensorFlow's "N out of the last N calls ... triggered tf.function retracing".
+
+    TensorFlow counts traces per Python function, and every Keras model's predict function is
+    the same closure: explaining with a sixth preset or a sixth model traces a new relevance
+    model once, which TensorFlow reports as retracing. ``explain``'s cache makes repeated calls
+    with the same arguments reuse one trace (tests/test_explain_cache.py checks the count).
+    """
+
+    def filter(self, record):
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _first_traces_unreported():
+    logger, dropped = logging.getLogger("tensorflow"), _FirstTraceFilter()
+    logger.addFilter(dropped)
+    try:
+        yield
+    finally:
+        logger.removeFilter(dropped)
 
 
 def _cached(model, rules, input_range, target, return_prediction, name):

@@ -1,12 +1,10 @@
 """What ``tf-dtd explain`` writes for many images, streamed: shards, heatmap PNGs, summary.csv."""
 
-import csv
 import io
 import os
 
 from tf_dtd import visualize
-from tf_dtd.app import inputs
-from tf_dtd.app.output import SUMMARY_COLUMNS
+from tf_dtd.app import inputs, output
 from tf_dtd.errors import InvalidArgumentError
 from tf_dtd.files import atomic_write
 from tf_dtd.scale.dataset import explain_dataset
@@ -60,8 +58,7 @@ def explain_files(relevance_model, files, out, *, preprocessing="unit", batch_si
     def write_outputs(summary):  # PNGs and summary rows, one shard at a time
         names = inputs.UniqueNames()
         text = io.TextIOWrapper(summary, encoding="utf-8", newline="")
-        writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(SUMMARY_COLUMNS)
+        writer = output.summary_writer(text)
         for shard in load_results(os.path.join(out, RESULTS_FOLDER)):
             pictures = (inputs.load_inputs(list(shard["id"]), sample_shape, preprocessing)[2]
                         if overlay else None)
