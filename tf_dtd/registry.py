@@ -45,6 +45,8 @@ class HandlerContext:
             (infinite where unknown); a ``Multiply`` operand within [0, 1] is a gate.
         position: ``(index, count)`` of a kernel layer among the model's kernel layers, else
             ``None``.
+        input_padding: per forward input, the ``((before, after), ...)`` zeros per spatial axis
+            that a ``ZeroPadding`` added to it just before this layer, or ``None``.
     """
 
     name: str
@@ -54,6 +56,7 @@ class HandlerContext:
     dtype: str = "float32"
     input_ranges: tuple = ()
     position: tuple = None
+    input_padding: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)

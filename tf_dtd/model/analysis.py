@@ -21,7 +21,7 @@ from tf_dtd import registry
 
 __all__ = [
     "activation_name", "output_range", "carries_input_box", "is_increasing_front_end",
-    "has_kernel", "is_gate", "UNBOUNDED",
+    "has_kernel", "is_gate", "zero_padding_of", "UNBOUNDED",
 ]
 
 L = keras.layers
@@ -141,6 +141,16 @@ def _operation_range(op_name, operands):
 
 def _pads_with_zeros(layer):
     return isinstance(layer, (L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D))
+
+
+def zero_padding_of(node):
+    """``((before, after), ...)`` per spatial axis if ``node`` is a ZeroPadding, else ``None``."""
+    if node is None or not _pads_with_zeros(node.layer):
+        return None
+    amounts = node.layer.padding
+    if isinstance(node.layer, L.ZeroPadding1D):
+        amounts = (amounts,)
+    return tuple(tuple(int(p) for p in pair) for pair in amounts)
 
 
 def is_gate(bounds):

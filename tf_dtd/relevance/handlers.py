@@ -81,7 +81,9 @@ def max_pooling(layer, rule, context):
     """Max-pooling: winner-take-all (exact ties share), or a linear rule on the average over the
     same windows."""
     if isinstance(rule, rules_lib.WinnerTakeAll):
-        return maps.MaxPoolRelevance(layer, name=context.name, dtype=context.dtype)
+        padding = context.input_padding[0] if context.input_padding else None
+        return maps.MaxPoolRelevance(layer, zero_padding=padding, name=context.name,
+                                     dtype=context.dtype)
     return linear_map(same_output=False)(average_pooling_of(layer), rule, context)
 
 

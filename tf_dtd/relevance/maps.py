@@ -178,14 +178,24 @@ class MaxPoolRelevance(_Wrapped, keras.layers.Layer):
     its maximum, and inputs that tie for it share it equally (nothing duplicated, and no corner
     of a constant window favoured, as the gradient's first-winner routing would).
 
+    Behind a ``ZeroPadding`` (``zero_padding``), the padded zeros take part in the maximum but
+    are no inputs: a window whose maximum only a padded zero attains (its real inputs are all
+    negative, as behind a linear convolution in ResNetV2) is a unit that no input explains, and
+    its relevance is spread over the window's real inputs in proportion to their magnitude (as
+    for a unit driven by its bias alone), instead of being lost on the padding.
+
     Args:
         layer: the forward ``MaxPooling1D/2D/3D`` or ``GlobalMaxPooling1D/2D/3D`` (or its
             serialised dict).
+        zero_padding: ``((before, after), ...)`` per spatial axis of the ``ZeroPadding`` that
+            made the pooling's input, or ``None``.
     """
 
-    def __init__(self, layer, **kwargs):
+    def __init__(self, layer, zero_padding=None, **kwargs):
         super().__init__(**kwargs)
         self._wrap(layer)
+        self.zero_padding = None if zero_padding is None else tuple(
+            tuple(int(p) for p in pair) for pair in zero_padding)
 
     def build(self, input_shape):
         self._build_wrapped([tuple(input_shape[0])])
@@ -198,7 +208,7 @@ class MaxPoolRelevance(_Wrapped, keras.layers.Layer):
         if channels_first:
             x = ops.moveaxis(x, 1, -1)
         if hasattr(layer, "pool_size"):
-            result = self._windows(x, relevance, layer, channels_first)
+            result = self._windows(x, relevance, layer, channels_first, self.zero_padding)
         else:
             result = self._global(x, relevance, layer, channels_first)
         return ops.moveaxis(result, -1, 1) if channels_first else result
@@ -214,7 +224,7 @@ class MaxPoolRelevance(_Wrapped, keras.layers.Layer):
         return ties * ops.divide_no_nan(relevance, count)
 
     @staticmethod
-    def _windows(x, relevance, layer, channels_first):
+    def _windows(x, relevance, layer, channels_first, zero_padding):
         # Every window's K elements as channels: one-hot convolutions of each channel alone.
         if channels_first:
             relevance = ops.moveaxis(relevance, 1, -1)
@@ -232,10 +242,21 @@ class MaxPoolRelevance(_Wrapped, keras.layers.Layer):
 
         flat_x = per_channel(x)
         peak = per_channel(_max_pool(x, layer))
-        real = patches(ops.ones_like(flat_x)) > 0  # the zero padding is no candidate
-        ties = ops.cast(ops.logical_and(ops.equal(patches(flat_x), peak), real), x.dtype)
-        shares = ties * ops.divide_no_nan(per_channel(relevance),
-                                          ops.sum(ties, axis=-1, keepdims=True))
+        inputs = ops.ones_like(flat_x)
+        if zero_padding is not None:  # the padded border holds no inputs
+            inner = [size - a - b for size, (a, b) in zip(x.shape[1:-1], zero_padding)]
+            inputs = ops.pad(ops.ones((1, *inner, 1), x.dtype),
+                             [[0, 0], *[list(pair) for pair in zero_padding], [0, 0]])
+        real = ops.cast(patches(inputs) > 0, x.dtype)  # no padding of either kind competes
+        values = patches(flat_x)
+        ties = ops.cast(ops.equal(values, peak), x.dtype) * real
+        # A window won by padding alone: its relevance goes to its inputs by magnitude.
+        orphan = ops.sum(ties, axis=-1, keepdims=True) == 0
+        by_size = real * ops.abs(values)
+        by_size = ops.where(ops.sum(by_size, axis=-1, keepdims=True) > 0, by_size, real)
+        weights = ops.where(orphan, by_size, ties)
+        shares = weights * ops.divide_no_nan(per_channel(relevance),
+                                             ops.sum(weights, axis=-1, keepdims=True))
         _, _, (spread,) = vjp(patches, [flat_x], shares)
         spatial = tuple(ops.shape(x)[1:-1])
         spread = ops.reshape(spread, (-1, channels) + spatial)
@@ -245,7 +266,9 @@ class MaxPoolRelevance(_Wrapped, keras.layers.Layer):
         return tuple(input_shape[0])
 
     def get_config(self):
-        return {**super().get_config(), "layer": keras.layers.serialize(self.forward_layer)}
+        padding = None if self.zero_padding is None else [list(p) for p in self.zero_padding]
+        return {**super().get_config(), "layer": keras.layers.serialize(self.forward_layer),
+                "zero_padding": padding}
 
 
 def _max_pool(x, layer):

@@ -147,7 +147,7 @@ def decide(model, rules="deep_taylor_bounded", *, input_range=None, target="max"
         if origin.role == "layer" and _is_kernel(origin.layer, layer_type)))
     namer = graph_lib.UniqueNames(layer.name for layer in (
         canonical.model.layers if canonical else [n.layer for n in graph.nodes]))
-    steps = []
+    steps, producers = [], graph.producers()
     for node, origin, layer_type in zip(graph.nodes, origins, types):
         error = unsupported.get(id(origin.layer))
         is_first = id(node) in first
@@ -167,6 +167,7 @@ def decide(model, rules="deep_taylor_bounded", *, input_range=None, target="max"
             dtype=dtype,
             input_ranges=tuple(ranges[i] for i in node.inputs),
             position=position,
+            input_padding=tuple(analysis.zero_padding_of(producers.get(i)) for i in node.inputs),
         )
         steps.append(Step(node.layer.name, origin, layer_type, rule, context,
                           tuple(graph.tensors[node.outputs[0]].shape), error, node))

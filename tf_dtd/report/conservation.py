@@ -66,7 +66,7 @@ def conservation_report(model, x, rules="deep_taylor_bounded", *, input_range=No
             leak=leak, relative_leak=leak / scale if scale > 0 else 0.0,
             spread_flat=float(np.mean(spread)),
         )
-        record["reason"] = (_reason(step) if abs(record["relative_leak"]) > _TOLERANCE
+        record["reason"] = (_reason(step, leak) if abs(record["relative_leak"]) > _TOLERANCE
                             else None)
         report.append(record)
     return report
@@ -101,13 +101,15 @@ def _sample_sums(tensors):
     return total
 
 
-def _reason(step):
-    """Why relevance leaks at ``step``, told from the layer type and its rule."""
+def _reason(step, leak):
+    """Why relevance leaks at ``step``, told from the layer type, its rule and the leak's sign."""
     rule = step.rule
     if step.layer_type.leak is not None:
         return step.layer_type.leak
+    if rule is None and step.layer_type.rules == ():
+        return "relevance created" if leak < 0 else "relevance routed to inputs it drops"
     if rule is None:
-        return "relevance created" if step.layer_type.rules == () else "zero denominators"
+        return "zero denominators"
     if isinstance(rule, (rules_lib.ZPlus, rules_lib.ZBox, rules_lib.WSquare, rules_lib.Flat)):
         return "units whose receptive field holds no input (padding only)"
     reasons = []
