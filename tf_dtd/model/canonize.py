@@ -23,7 +23,7 @@ import numpy as np
 
 from tf_dtd import registry
 from tf_dtd.errors import TfDtdError, describe
-from tf_dtd.model.analysis import activation_name
+from tf_dtd.model.analysis import activation_name, zero_padding_of
 from tf_dtd.model.batch import NonEmptyBatch
 from tf_dtd.model.graph import UniqueNames, trace
 
@@ -166,9 +166,6 @@ def _folds(graph):
     return folds, skipped
 
 
-_ZERO_PADDING = (keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D, keras.layers.ZeroPadding3D)
-
-
 def _paddings(graph, skipped):
     """ZeroPadding nodes read only by a ``valid`` layer that absorbs them: ``{id(consumer node):
     (((before, after), ...) per spatial axis, the padding layer)}``; the padding nodes join
@@ -180,7 +177,8 @@ def _paddings(graph, skipped):
     pads = {}
     for node in graph.nodes:
         padding = producers.get(node.inputs[0]) if len(node.inputs) == 1 else None
-        if padding is None or not isinstance(padding.layer, _ZERO_PADDING):
+        amounts = zero_padding_of(padding)
+        if amounts is None:
             continue
         layer_type = registry.find(node.layer)
         if not (layer_type is not None and layer_type.absorbs_padding
@@ -190,10 +188,7 @@ def _paddings(graph, skipped):
                 and len(consumers.get(padding.outputs[0], ())) == 1
                 and id(padding) not in skipped):
             continue
-        amounts = padding.layer.padding
-        if isinstance(padding.layer, keras.layers.ZeroPadding1D):
-            amounts = (amounts,)
-        pads[id(node)] = (tuple(tuple(int(p) for p in pair) for pair in amounts), padding.layer)
+        pads[id(node)] = (amounts, padding.layer)
         skipped[id(padding)] = padding.inputs[0]
     return pads
 
