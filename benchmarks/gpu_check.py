@@ -200,10 +200,7 @@ def main(argv=None):
         document["table"] = table
         print(report.describe(table))
         print(report.format_table(table["results"]))
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as out:
-        json.dump(document, out, indent=1)
-    print(f"Wrote {args.json}")
+    harness.write_json(document, args.json)
     return document
 
 

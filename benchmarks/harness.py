@@ -42,7 +42,7 @@ import time
 from benchmarks import protocol, report
 
 __all__ = ["RESULT_MARK", "SCHEMA", "Call", "argument_parser", "error_text", "main", "measure",
-           "run_worker", "worker_main"]
+           "run_worker", "worker_main", "write_json"]
 
 SCHEMA = "tf_dtd-benchmark/1"
 RESULT_MARK = "@@benchmark-result@@ "
@@ -372,8 +372,13 @@ def main(adapter, module, description, default_json, argv=None, *, add_arguments
     document = measure(adapter, module, args, python=python)
     print(report.describe(document))
     print(report.format_table(document["results"]))
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as out:
-        json.dump(document, out, indent=1)
-    print(f"Wrote {args.json}")
+    write_json(document, args.json)
     return document
+
+
+def write_json(document, path):
+    """Write a benchmark document to ``path`` (folders created) and say so."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as out:
+        json.dump(document, out, indent=1)
+    print(f"Wrote {path}")
