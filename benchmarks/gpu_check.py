@@ -11,8 +11,9 @@ test on the CPU instead, to check the script itself). With one:
    positive kernel, explained with ``lrp_z``; the relevance at the pooling's output and at its
    input (``relevance_model(..., layers=["pool"])``) are compared window by window: each
    window's input relevance must sum to its output relevance (nothing duplicated or lost) and
-   be shared equally by the inputs that attain the window's maximum, and by no other. Pool sizes 2 and 3 (non-overlapping windows),
-   channels_last and channels_first (GPU only), XLA off (cuDNN) and on.
+   be shared equally by the inputs that attain the window's maximum, and by no other. Pool
+   sizes 2 and 3 (non-overlapping windows), channels_last and channels_first (GPU only), XLA
+   off (cuDNN) and on.
 2. **The table** of ``python -m benchmarks --gpu`` (batch 64, XLA off and on), with fewer
    repeats (``--repeats 10 --min-seconds 2``), first call and device memory only for
    ``deep_taylor_bounded`` (``--fresh-methods``), and a budget: no worker starts after

@@ -111,3 +111,79 @@ def test_padded_max_pooling_survives_save_and_load(tmp_path):
                                   relevance_model.predict(x, verbose=0))
     pooling = next(layer for layer in loaded.layers if layer.get_config().get("zero_padding"))
     assert pooling.get_config()["zero_padding"] == [[1, 1], [1, 1]]
+
+
+def _window_reference(x, arriving, pool, strides, padding, zero_padding=None):
+    """Channels-last float64 loop over every window of an N-d max-pooling: the window's
+    relevance shared equally by the real inputs that attain its maximum; TensorFlow's "same"
+    padding takes no part; a window whose maximum only ``zero_padding`` attains, by |x|."""
+    x = x.astype("float64")
+    spatial = x.shape[1:-1]
+    outputs = arriving.shape[1:-1]
+    before = [0] * len(spatial)
+    if padding == "same":
+        before = [max((o - 1) * s + p - n, 0) // 2
+                  for n, p, s, o in zip(spatial, pool, strides, outputs)]
+    real = np.ones(spatial, bool)
+    if zero_padding is not None:
+        real[:] = False
+        real[tuple(slice(a, n - b) for n, (a, b) in zip(spatial, zero_padding))] = True
+    result = np.zeros_like(x)
+    for b in range(x.shape[0]):
+        for c in range(x.shape[-1]):
+            for out in np.ndindex(*outputs):
+                cells = [idx for idx in np.ndindex(*pool)
+                         if all(0 <= o * s + d - p0 < n for o, s, d, p0, n in
+                                zip(out, strides, idx, before, spatial))]
+                cells = [tuple(o * s + d - p0 for o, s, d, p0 in zip(out, strides, idx, before))
+                         for idx in cells]
+                values = np.array([x[(b, *cell, c)] for cell in cells])
+                inside = np.array([real[cell] for cell in cells])
+                winners = inside & (values == values.max())
+                weights = winners.astype("float64")
+                if not winners.any():
+                    weights = inside * np.abs(values)
+                    if weights.sum() == 0:
+                        weights = inside.astype("float64")
+                for cell, weight in zip(cells, weights / weights.sum()):
+                    result[(b, *cell, c)] += arriving[(b, *out, c)] * weight
+    return result
+
+
+@pytest.mark.parametrize("rank, pool, strides, padding, zero_padding, channels_first", [
+    (2, (2, 2), (2, 2), "valid", None, False),      # VGG: disjoint windows (a row left over)
+    (2, (3, 2), (3, 2), "same", None, True),        # disjoint, but "same" pads the rows
+    (2, (3, 2), (3, 2), "valid", None, True),       # disjoint, a row left over
+    (3, (1, 2, 5), (1, 2, 5), "valid", None, False),
+    (2, (3, 3), (2, 2), "same", None, False),       # ResNet50: overlapping, "same"
+    (2, (3, 2), (1, 2), "same", None, True),
+    (2, (3, 3), (2, 2), "valid", ((1, 1), (1, 1)), False),  # ResNetV2 behind ZeroPadding
+    (2, (2, 2), (3, 3), "valid", None, False),      # gaps between windows
+    (1, (3,), (2,), "same", None, False),
+    (1, (2,), (1,), "valid", None, True),
+    (3, (2, 2, 2), (2, 1, 2), "same", None, False),
+])
+def test_max_pooling_windows_match_a_loop(rank, pool, strides, padding, zero_padding,
+                                          channels_first):
+    from tf_dtd.relevance.pooling import MaxPoolRelevance  # the layer itself, random data
+
+    rng = np.random.default_rng(rank + sum(pool))
+    shape = (2, *((7, 6, 5)[:rank]), 3)
+    x = rng.integers(-2, 3, size=shape).astype("float32")  # few values: many exact ties
+    if zero_padding is not None:
+        x[:, :1] = x[:, -1:] = x[:, :, :1] = x[:, :, -1:] = 0  # the padded border
+        x[:, 1:4, 1:4] = -np.abs(x[:, 1:4, 1:4]) - 1           # windows won by padding
+    data_format = "channels_first" if channels_first else "channels_last"
+    layer = getattr(L, f"MaxPooling{rank}D")(pool, strides=strides, padding=padding,
+                                             data_format=data_format)
+    fed = np.moveaxis(x, -1, 1) if channels_first else x
+    out_shape = layer.compute_output_shape(fed.shape)
+    arriving = rng.uniform(0.5, 2.0, size=out_shape).astype("float32")
+    relevance = MaxPoolRelevance(layer, zero_padding=zero_padding)([fed, arriving])
+    relevance = np.asarray(relevance)
+    if channels_first:
+        relevance, arriving = np.moveaxis(relevance, 1, -1), np.moveaxis(arriving, 1, -1)
+    expected = _window_reference(x, arriving.astype("float64"), pool, strides, padding,
+                                 zero_padding)
+    np.testing.assert_allclose(relevance, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(relevance.sum(), arriving.sum(), rtol=1e-5)

@@ -115,7 +115,10 @@ class LinearRelevance(keras.layers.Layer):
     def flat(self, masks):
         """``z_ij = 1`` over the receptive field: ``(count_j, transpose)`` where ``count_j`` is
         the number of (masked) inputs feeding output ``j`` and ``transpose(s)`` sends ``s_j`` to
-        each of them. ``masks`` (one per input) mark the real inputs (zero padding excluded)."""
+        each of them. ``masks`` (one per input) mark the real inputs (zero padding excluded).
+        ``count`` may be one wide on an axis where every output reads the same inputs (the
+        channels of a convolution), and ``transpose``'s results one wide where every input
+        feeds the same outputs: both broadcast."""
         ones = ops.ones_like(self.kernel_value())
         return self._flat_via(lambda *m: self.linear(list(m), ones), masks)
 
@@ -125,6 +128,17 @@ class LinearRelevance(keras.layers.Layer):
         def transpose(s):
             return vjp(count_map, masks, s)[2]
         return count_map(*masks), transpose
+
+    @staticmethod
+    def _flat_over_channels(count_map, masks, axis):
+        """``flat`` of a one-input layer whose every output reads all input channels of its
+        window: ``count_map`` counts on the channel sum, one channel in and one out, so the
+        count and its transpose are one channel wide (a window convolution, not a full one)."""
+        summed = ops.sum(masks[0], axis=axis, keepdims=True)
+
+        def transpose(s):
+            return vjp(count_map, [summed], ops.sum(s, axis=axis, keepdims=True))[2]
+        return count_map(summed), transpose
 
     # --- The engine ---
 
@@ -152,7 +166,7 @@ class LinearRelevance(keras.layers.Layer):
 
         parts = self.rule.parts(nonnegative_input=self.nonnegative_input,
                                 nonnegative_kernel=self.nonnegative_kernel)
-        result = [ops.zeros_like(x) for x in xs]
+        result = None
         output = None
         for part in parts:
             share = relevance
@@ -165,8 +179,10 @@ class LinearRelevance(keras.layers.Layer):
             else:
                 reuse = plain() if part.is_output and z is not None else None
                 sent = self._part(part, xs, share, constants, param, bias, reuse)
-            result = [r + part.coefficient * s for r, s in zip(result, sent)]
-        return result
+            if part.coefficient != 1:
+                sent = [part.coefficient * s for s in sent]
+            result = sent if result is None else [r + s for r, s in zip(result, sent)]
+        return result if result is not None else [ops.zeros_like(x) for x in xs]
 
     def _part(self, part, xs, share, constants, param, bias, output):
         variants, forward = self._forward(part, xs, constants, param, bias)
@@ -180,16 +196,22 @@ class LinearRelevance(keras.layers.Layer):
 
         variants, _, grads = vjp(forward, variants, cotangent)
         count = len(xs)
-        sent = [ops.zeros_like(x) for x in xs]
+        placed = [None] * count
         for index, (variant, grad) in enumerate(zip(variants, grads)):
-            sent[index % count] = sent[index % count] + variant * grad
-        if part.fallback:
-            lost = _unplaced(denominator["value"], share)
-            spread = ops.cond(ops.any(ops.not_equal(lost, 0)),
-                              lambda: self._spread_unplaced(xs, lost, constants),
-                              lambda: [ops.zeros_like(x) for x in xs])
-            sent = [s + f for s, f in zip(sent, spread)]
-        return sent
+            i = index % count
+            placed[i] = variant * grad if placed[i] is None else placed[i] + variant * grad
+        placed = [ops.zeros_like(x) if p is None else p for p, x in zip(placed, xs)]
+        if not part.fallback:
+            return placed
+        den = denominator["value"]
+        dead = ops.logical_and(ops.equal(den, 0), ops.not_equal(share, 0))
+
+        def with_unplaced():
+            lost = ops.where(dead, share, ops.zeros_like(share))
+            spread = self._spread_unplaced(xs, lost, constants)
+            return [p + f for p, f in zip(placed, spread)]
+
+        return ops.cond(ops.any(dead), with_unplaced, lambda: placed)
 
     def _forward(self, part, xs, constants, param, bias):
         """The part's input variants (flat list) and its map ``forward(*variants) -> z``."""
@@ -241,11 +263,19 @@ class LinearRelevance(keras.layers.Layer):
         """The relevance of units a rule cannot credit (``share``), spread over each unit's
         receptive field in proportion to the inputs' magnitude ``|a_i|``, so it stays on the
         active inputs; evenly where every input of the unit is zero."""
-        masks = [self._real_inputs(x, constants) for x in xs]
-        sent, left = self._spread([m * ops.abs(x) for m, x in zip(masks, xs)], share)
-        even = ops.cond(ops.any(ops.not_equal(left, 0)), lambda: self._spread(masks, left)[0],
-                        lambda: [ops.zeros_like(x) for x in xs])
-        return [s + e for s, e in zip(sent, even)]
+        # Both spreads in one count and one transpose: by |a_i| (first half of a doubled
+        # batch) and, for units whose inputs are all zero, evenly (second half).
+        count_of = ops.shape(share)[0]
+        weights = [ops.concatenate([m * ops.abs(x), ops.broadcast_to(m, ops.shape(x))], axis=0)
+                   for m, x in zip([self._real_inputs(x, constants) for x in xs], xs)]
+        count, transpose = self.flat(weights)
+        count = ops.cast(count, share.dtype)
+        by_size, even = count[:count_of], count[count_of:]
+        left = ops.where(ops.equal(by_size, 0), share, ops.zeros_like(share))
+        spread = transpose(ops.concatenate(
+            [ops.divide_no_nan(share, by_size), ops.divide_no_nan(left, even)], axis=0))
+        return [w[:count_of] * s[:count_of] + w[count_of:] * s[count_of:]
+                for w, s in zip(weights, spread)]
 
     def _spread(self, weights, share):
         """``R_i = w_i Σ_j [i feeds j] share_j / Σ_i' w_i'``: ``share`` spread in proportion to

@@ -16,7 +16,7 @@ from tf_dtd.model.analysis import UNBOUNDED, is_gate
 from tf_dtd.model.batch import NonEmptyBatch, TrimRelevance
 from tf_dtd.model.graph import application_layers, operation_classes
 from tf_dtd.relevance import layers as kernel_layers
-from tf_dtd.relevance import maps
+from tf_dtd.relevance import maps, pooling
 
 __all__ = ["average_pooling_of"]
 
@@ -82,7 +82,7 @@ def max_pooling(layer, rule, context):
     same windows."""
     if isinstance(rule, rules_lib.WinnerTakeAll):
         padding = context.input_padding[0] if context.input_padding else None
-        return maps.MaxPoolRelevance(layer, zero_padding=padding, name=context.name,
+        return pooling.MaxPoolRelevance(layer, zero_padding=padding, name=context.name,
                                      dtype=context.dtype)
     return linear_map(same_output=False)(average_pooling_of(layer), rule, context)
 

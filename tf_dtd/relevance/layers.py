@@ -120,9 +120,7 @@ class DenseRelevance(KernelRelevance):
         return ops.matmul(xs[0], kernel)
 
     def flat(self, masks):
-        units = self.weight_shapes["kernel"][-1]
-        return self._flat_via(
-            lambda m: ops.sum(m, axis=-1, keepdims=True) * ops.ones((units,), m.dtype), masks)
+        return self._flat_over_channels(tf.identity, masks, axis=-1)
 
 
 @_register
@@ -185,9 +183,12 @@ class ConvRelevance(KernelRelevance):
         # convolve with a ones window of one channel per group.
         kernel_shape = self.kernel_shape()
         filters, group_channels = kernel_shape[-1], kernel_shape[-2]
+        axis = self.channel_axis % len(masks[0].shape)
+        if masks[0].shape[axis] == group_channels:  # one group: one channel wide
+            ones = ops.ones(kernel_shape[:-2] + (1, 1), masks[0].dtype)
+            return self._flat_over_channels(lambda m: self.linear([m], ones), masks, axis)
 
         def count(m):
-            axis = self.channel_axis % len(m.shape)
             groups = m.shape[axis] // group_channels
             shape = tf.concat([tf.shape(m)[:axis], [groups, group_channels],
                                tf.shape(m)[axis + 1:]], 0)
@@ -218,10 +219,14 @@ class DepthwiseConvRelevance(ConvRelevance):
 
     def flat(self, masks):
         kernel_shape = self.weight_shapes["kernel"]
+        multiplier = kernel_shape[-1]
 
         def count(m):
             ones = ops.ones(kernel_shape[:-1] + (1,), m.dtype)
-            return tf.repeat(self.linear([m], ones), kernel_shape[-1], axis=self.channel_axis)
+            counted = self.linear([m], ones)
+            if multiplier == 1:
+                return counted
+            return tf.repeat(counted, multiplier, axis=self.channel_axis)
 
         return self._flat_via(count, masks)
 
@@ -245,15 +250,9 @@ class ConvTransposeRelevance(ConvRelevance):
                                   data_format="channels_last", dilation_rate=self.dilation_rate)
 
     def flat(self, masks):
-        kernel_shape = self.weight_shapes["kernel"]
-
-        def count(m):
-            summed = ops.sum(m, axis=self.channel_axis, keepdims=True)
-            ones = ops.ones(kernel_shape[:-2] + (1, 1), m.dtype)
-            out = self.linear([summed], ones)
-            return tf.repeat(out, kernel_shape[-2], axis=self.channel_axis)
-
-        return self._flat_via(count, masks)
+        ones = ops.ones(self.weight_shapes["kernel"][:-2] + (1, 1), masks[0].dtype)
+        return self._flat_over_channels(lambda m: self.linear([m], ones), masks,
+                                        self.channel_axis % len(masks[0].shape))
 
     def get_config(self):
         output_padding = None if self.output_padding is None else list(self.output_padding)

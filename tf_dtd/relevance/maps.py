@@ -6,7 +6,7 @@
   ``x_m⁺ / Σ x⁺``, and so on.
 - :class:`RoutingRelevance`: layers that only move or select values (reshaping, padding,
   concatenation, ``Maximum``): relevance follows the values exactly.
-- :class:`MaxPoolRelevance`: winner-take-all max-pooling; exact ties share a window's relevance.
+- max-pooling: :mod:`tf_dtd.relevance.pooling`.
 - :class:`ShareRelevance`: products (gates), each factor a fixed share.
 - :class:`LayerNormRelevance`: LayerNormalization with σ held constant (Ali et al., 2022).
 """
@@ -19,8 +19,8 @@ from tf_dtd import rules as rules_lib
 from tf_dtd.errors import InvalidArgumentError
 from tf_dtd.relevance.engine import LinearRelevance, vjp
 
-__all__ = ["MapRelevance", "ProportionalRelevance", "RoutingRelevance", "MaxPoolRelevance",
-           "ShareRelevance", "LayerNormRelevance"]
+__all__ = ["MapRelevance", "ProportionalRelevance", "RoutingRelevance", "ShareRelevance",
+           "LayerNormRelevance"]
 
 _register = keras.saving.register_keras_serializable(package="tf_dtd")
 
@@ -170,111 +170,6 @@ class RoutingRelevance(_Wrapped, keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "layer": keras.layers.serialize(self.forward_layer)}
-
-
-@_register
-class MaxPoolRelevance(_Wrapped, keras.layers.Layer):
-    """Winner-take-all through max-pooling: a window's relevance goes to the input that attains
-    its maximum, and inputs that tie for it share it equally (nothing duplicated, and no corner
-    of a constant window favoured, as the gradient's first-winner routing would).
-
-    Behind a ``ZeroPadding`` (``zero_padding``), the padded zeros take part in the maximum but
-    are no inputs: a window whose maximum only a padded zero attains (its real inputs are all
-    negative, as behind a linear convolution in ResNetV2) is a unit that no input explains, and
-    its relevance is spread over the window's real inputs in proportion to their magnitude (as
-    for a unit driven by its bias alone), instead of being lost on the padding.
-
-    Args:
-        layer: the forward ``MaxPooling1D/2D/3D`` or ``GlobalMaxPooling1D/2D/3D`` (or its
-            serialised dict).
-        zero_padding: ``((before, after), ...)`` per spatial axis of the ``ZeroPadding`` that
-            made the pooling's input, or ``None``.
-    """
-
-    def __init__(self, layer, zero_padding=None, **kwargs):
-        super().__init__(**kwargs)
-        self._wrap(layer)
-        self.zero_padding = None if zero_padding is None else tuple(
-            tuple(int(p) for p in pair) for pair in zero_padding)
-
-    def build(self, input_shape):
-        self._build_wrapped([tuple(input_shape[0])])
-
-    def call(self, inputs):
-        x, relevance = inputs
-        layer = self.forward_layer
-        x = ops.cast(x, relevance.dtype)
-        channels_first = getattr(layer, "data_format", "channels_last") == "channels_first"
-        if channels_first:
-            x = ops.moveaxis(x, 1, -1)
-        if hasattr(layer, "pool_size"):
-            result = self._windows(x, relevance, layer, channels_first, self.zero_padding)
-        else:
-            result = self._global(x, relevance, layer, channels_first)
-        return ops.moveaxis(result, -1, 1) if channels_first else result
-
-    @staticmethod
-    def _global(x, relevance, layer, channels_first):
-        axes = tuple(range(1, len(x.shape) - 1))
-        if getattr(layer, "keepdims", False) and channels_first:
-            relevance = ops.moveaxis(relevance, 1, -1)
-        relevance = ops.reshape(relevance, (-1,) + (1,) * len(axes) + (x.shape[-1],))
-        ties = ops.cast(ops.equal(x, ops.max(x, axis=axes, keepdims=True)), x.dtype)
-        count = ops.sum(ties, axis=axes, keepdims=True)
-        return ties * ops.divide_no_nan(relevance, count)
-
-    @staticmethod
-    def _windows(x, relevance, layer, channels_first, zero_padding):
-        # Every window's K elements as channels: one-hot convolutions of each channel alone.
-        if channels_first:
-            relevance = ops.moveaxis(relevance, 1, -1)
-        channels = x.shape[-1]
-        pool, strides = tuple(layer.pool_size), tuple(layer.strides)
-        size = int(np.prod(pool))
-        onehot = ops.convert_to_tensor(np.eye(size).reshape(pool + (1, size)), dtype=x.dtype)
-
-        def per_channel(t):  # (B, *S, C) -> (B·C, *S, 1)
-            t = ops.moveaxis(t, -1, 1)
-            return ops.expand_dims(ops.reshape(t, (-1,) + tuple(ops.shape(t)[2:])), -1)
-
-        def patches(t):
-            return ops.conv(t, onehot, strides=strides, padding=layer.padding)
-
-        flat_x = per_channel(x)
-        peak = per_channel(_max_pool(x, layer))
-        inputs = ops.ones_like(flat_x)
-        if zero_padding is not None:  # the padded border holds no inputs
-            inner = [size - a - b for size, (a, b) in zip(x.shape[1:-1], zero_padding)]
-            inputs = ops.pad(ops.ones((1, *inner, 1), x.dtype),
-                             [[0, 0], *[list(pair) for pair in zero_padding], [0, 0]])
-        real = ops.cast(patches(inputs) > 0, x.dtype)  # no padding of either kind competes
-        values = patches(flat_x)
-        ties = ops.cast(ops.equal(values, peak), x.dtype) * real
-        # A window won by padding alone: its relevance goes to its inputs by magnitude.
-        orphan = ops.sum(ties, axis=-1, keepdims=True) == 0
-        by_size = real * ops.abs(values)
-        by_size = ops.where(ops.sum(by_size, axis=-1, keepdims=True) > 0, by_size, real)
-        weights = ops.where(orphan, by_size, ties)
-        shares = weights * ops.divide_no_nan(per_channel(relevance),
-                                             ops.sum(weights, axis=-1, keepdims=True))
-        _, _, (spread,) = vjp(patches, [flat_x], shares)
-        spatial = tuple(ops.shape(x)[1:-1])
-        spread = ops.reshape(spread, (-1, channels) + spatial)
-        return ops.moveaxis(spread, 1, -1)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[0])
-
-    def get_config(self):
-        padding = None if self.zero_padding is None else [list(p) for p in self.zero_padding]
-        return {**super().get_config(), "layer": keras.layers.serialize(self.forward_layer),
-                "zero_padding": padding}
-
-
-def _max_pool(x, layer):
-    """The forward max-pooling of channels-last ``x``."""
-    return ops.max_pool(x, layer.pool_size, strides=layer.strides, padding=layer.padding,
-                        data_format="channels_last")
 
 
 @_register

@@ -39,7 +39,8 @@ def stabilize(z, epsilon, *, relative=False):
         scaled = ops.divide_no_nan(z, peak)
         epsilon = epsilon * peak * ops.sqrt(ops.mean(ops.square(scaled), axis=axes,
                                                       keepdims=True))
-    return z + epsilon * (ops.cast(z >= 0, z.dtype) * 2 - 1)
+    epsilon = ops.cast(epsilon, z.dtype)
+    return z + ops.where(z >= 0, epsilon, -epsilon)
 
 
 @dataclasses.dataclass(frozen=True)
