@@ -21,13 +21,26 @@ from keras import ops
 from tf_dtd import rules as rules_lib
 from tf_dtd.errors import InvalidArgumentError, describe
 
-__all__ = ["LinearRelevance", "vjp"]
+__all__ = ["LinearRelevance", "after", "vjp"]
 
 
 def _unplaced(denominator, share):
     """The relevance of units whose denominator is exactly zero: no contribution to credit."""
     dead = ops.logical_and(ops.equal(denominator, 0), ops.not_equal(share, 0))
     return ops.where(dead, share, ops.zeros_like(share))
+
+
+def after(tensor, values):
+    """``values`` (a nested structure) as they are, computed no earlier than ``tensor``.
+
+    In a graph, TensorFlow runs an op as soon as its inputs exist: a layer's modified forward
+    (``z⁺``, its modified weights) needs only forward activations, so without this every layer's
+    would be computed right after the forward pass and held until relevance reaches it.
+    """
+    if tf.executing_eagerly():
+        return values
+    with tf.control_dependencies([tensor]):
+        return tf.nest.map_structure(lambda v: None if v is None else tf.identity(v), values)
 
 
 def vjp(forward, inputs, cotangent):
@@ -150,7 +163,7 @@ class LinearRelevance(keras.layers.Layer):
         constants = {k: ops.cast(v, dtype) for k, v in constants.items()}
         if not constants:
             self.rule.check_input_shape(tuple(xs[0].shape[1:]))
-        kernel, bias = self.kernel_value(), self.bias_value()
+        xs, kernel, bias = after(relevance, [xs, self.kernel_value(), self.bias_value()])
         params = {}
 
         def param(key):

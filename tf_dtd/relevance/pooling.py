@@ -10,7 +10,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tf_dtd.relevance.engine import vjp
+from tf_dtd.relevance.engine import after, vjp
 from tf_dtd.relevance.maps import _Wrapped
 
 __all__ = ["MaxPoolRelevance"]
@@ -49,7 +49,7 @@ class MaxPoolRelevance(_Wrapped, keras.layers.Layer):
     def call(self, inputs):
         x, relevance = inputs
         layer = self.forward_layer
-        x = ops.cast(x, relevance.dtype)
+        x = after(relevance, ops.cast(x, relevance.dtype))
         channels_first = getattr(layer, "data_format", "channels_last") == "channels_first"
         if channels_first:
             x = ops.moveaxis(x, 1, -1)
