@@ -163,12 +163,17 @@ class LinearRelevance(keras.layers.Layer):
         constants = {k: ops.cast(v, dtype) for k, v in constants.items()}
         if not constants:
             self.rule.check_input_shape(tuple(xs[0].shape[1:]))
-        xs, kernel, bias = after(relevance, [xs, self.kernel_value(), self.bias_value()])
-        params = {}
+        xs = after(relevance, xs)
+        kernel, bias = self.kernel_value(), self.bias_value()
+        params, waiting = {}, []
 
         def param(key):
             if key not in params:
-                params[key] = self.rule.param(key, kernel, bias)
+                value = self.rule.param(key, kernel, bias)
+                if value is not kernel and value is not bias:  # modified: made when needed
+                    waiting[:] = waiting or after(relevance, [kernel, bias])
+                    value = self.rule.param(key, *waiting)
+                params[key] = value
             return params[key]
 
         def plain():

@@ -2,8 +2,8 @@
 
 A window's relevance goes to the input that attains its maximum; exact ties share it equally.
 Windows that tile the input (VGG's 2×2, stride 2) are two axes of a reshape and cost a max- and
-an average-pooling; overlapping or padded windows are strided slices of the input, one per
-position in the window, and their transposes.
+an average-pooling; overlapping or padded windows (ResNet's 3×3, stride 2) become channels of
+one-hot convolutions, one channel of the input at a time.
 """
 
 import keras
@@ -71,8 +71,6 @@ class MaxPoolRelevance(_Wrapped, keras.layers.Layer):
 
     @staticmethod
     def _windows(x, relevance, layer, channels_first, zero_padding):
-        # The K elements at one offset of every window are one strided slice of the (padded)
-        # input: K slices, element-wise work on them, and their transposes (scatters) back.
         if channels_first:
             relevance = ops.moveaxis(relevance, 1, -1)
         pool, strides = tuple(layer.pool_size), tuple(layer.strides)
@@ -84,33 +82,39 @@ class MaxPoolRelevance(_Wrapped, keras.layers.Layer):
         if (zero_padding is None and pool == strides and not any(map(sum, same))
                 and len(pool) <= 2):
             return _disjoint_windows(x, relevance, pool, outputs)
-        real = ops.ones((1, *spatial, 1), x.dtype)  # 0 on padding of either kind
-        if zero_padding is not None:
+        # Otherwise every window's K elements as channels: one-hot convolutions of each
+        # channel alone.
+        channels = x.shape[-1]
+        size = int(np.prod(pool))
+        onehot = ops.convert_to_tensor(np.eye(size).reshape(pool + (1, size)), dtype=x.dtype)
+
+        def per_channel(t):  # (B, *S, C) -> (B·C, *S, 1)
+            t = ops.moveaxis(t, -1, 1)
+            return ops.expand_dims(ops.reshape(t, (-1,) + tuple(ops.shape(t)[2:])), -1)
+
+        def patches(t):
+            return ops.conv(t, onehot, strides=strides, padding=layer.padding)
+
+        flat_x = per_channel(x)
+        peak = per_channel(_max_pool(x, layer))
+        inputs = ops.ones_like(flat_x)
+        if zero_padding is not None:  # the padded border holds no inputs
             inner = [n - a - b for n, (a, b) in zip(spatial, zero_padding)]
-            real = ops.pad(ops.ones((1, *inner, 1), x.dtype),
-                           [[0, 0], *[list(pair) for pair in zero_padding], [0, 0]])
-        offsets = list(np.ndindex(*pool))
-
-        def windows(t):  # (B, *S, C) -> (B, *O, C, K): element k of every window
-            t = ops.pad(t, [[0, 0], *[list(pair) for pair in same], [0, 0]])
-            return ops.stack([t[(slice(None),) + tuple(
-                slice(d, d + (o - 1) * s + 1, s) for d, o, s in zip(offset, outputs, strides))]
-                for offset in offsets], axis=-1)
-
-        inputs = windows(real) > 0  # (1, *O, 1, K)
-        values = windows(x)
-        peak = ops.expand_dims(_max_pool(x, layer), -1)
-        ties = ops.cast(ops.logical_and(inputs, ops.equal(values, peak)), x.dtype)
+            inputs = ops.pad(ops.ones((1, *inner, 1), x.dtype),
+                             [[0, 0], *[list(pair) for pair in zero_padding], [0, 0]])
+        real = ops.cast(patches(inputs) > 0, x.dtype)  # no padding of either kind competes
+        values = patches(flat_x)
+        ties = ops.cast(ops.equal(values, peak), x.dtype) * real
         # A window won by padding alone: its relevance goes to its inputs by magnitude.
         orphan = ops.sum(ties, axis=-1, keepdims=True) == 0
-        by_size = ops.where(inputs, ops.abs(values), ops.zeros_like(values))
-        by_size = ops.where(ops.sum(by_size, axis=-1, keepdims=True) > 0, by_size,
-                            ops.cast(ops.broadcast_to(inputs, ops.shape(values)), x.dtype))
+        by_size = real * ops.abs(values)
+        by_size = ops.where(ops.sum(by_size, axis=-1, keepdims=True) > 0, by_size, real)
         weights = ops.where(orphan, by_size, ties)
-        shares = weights * ops.divide_no_nan(ops.expand_dims(relevance, -1),
+        shares = weights * ops.divide_no_nan(per_channel(relevance),
                                              ops.sum(weights, axis=-1, keepdims=True))
-        _, _, (spread,) = vjp(windows, [x], shares)
-        return spread
+        _, _, (spread,) = vjp(patches, [flat_x], shares)
+        spread = ops.reshape(spread, (-1, channels) + tuple(ops.shape(x)[1:-1]))
+        return ops.moveaxis(spread, 1, -1)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[0])
