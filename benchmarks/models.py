@@ -5,7 +5,7 @@ Applications are built with ``weights=None``, ``classes=10``, ``classifier_activ
 their BatchNorm statistics are set from one batch of random images (see
 ``benchmarks/applications.py``), so activations have the scale a trained network has. The
 weights are cached in ``cache_dir`` so that every worker process explains the same network.
-The digits model is ``tf_dtd.digits.load_model()`` (32×32×1 in ``[0, 1]``, a softmax head: its
+The digits model is ``tf_dtd.digits.load_model()`` (28×28×1 in ``[0, 1]``, a softmax head: its
 logits are the Dense layer before the softmax) with its shipped samples repeated to a batch.
 """
 

@@ -3,7 +3,7 @@
     python benchmarks/scaling.py memory 2000 20000      # peak RSS, one fresh process per run
     python benchmarks/scaling.py speed 2000             # images/s, in one process
 
-The shipped digits model (32×32×1 inputs, deep_taylor_bounded) explains random images.
+The shipped digits model (28×28×1 inputs, deep_taylor_bounded) explains random images.
 ``memory``: "stream" runs explain_dataset on a tf.data generator (the images are never all in
 memory); "predict" makes the images as one array and calls relevance_model.predict on it. Each
 reports the resident memory after building the model and the peak (VmHWM) of its process.
