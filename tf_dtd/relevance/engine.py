@@ -24,10 +24,14 @@ from tf_dtd.errors import InvalidArgumentError, describe
 __all__ = ["LinearRelevance", "after", "vjp"]
 
 
+def _dead(denominator, share):
+    """Units whose denominator is exactly zero (no contribution to credit) yet hold relevance."""
+    return ops.logical_and(ops.equal(denominator, 0), ops.not_equal(share, 0))
+
+
 def _unplaced(denominator, share):
     """The relevance of units whose denominator is exactly zero: no contribution to credit."""
-    dead = ops.logical_and(ops.equal(denominator, 0), ops.not_equal(share, 0))
-    return ops.where(dead, share, ops.zeros_like(share))
+    return ops.where(_dead(denominator, share), share, ops.zeros_like(share))
 
 
 def after(tensor, values):
@@ -221,8 +225,7 @@ class LinearRelevance(keras.layers.Layer):
         placed = [ops.zeros_like(x) if p is None else p for p, x in zip(placed, xs)]
         if not part.fallback:
             return placed
-        den = denominator["value"]
-        dead = ops.logical_and(ops.equal(den, 0), ops.not_equal(share, 0))
+        dead = _dead(denominator["value"], share)
 
         def with_unplaced():
             lost = ops.where(dead, share, ops.zeros_like(share))

@@ -83,7 +83,7 @@ def max_pooling(layer, rule, context):
     if isinstance(rule, rules_lib.WinnerTakeAll):
         padding = context.input_padding[0] if context.input_padding else None
         return pooling.MaxPoolRelevance(layer, zero_padding=padding, name=context.name,
-                                     dtype=context.dtype)
+                                        dtype=context.dtype)
     return linear_map(same_output=False)(average_pooling_of(layer), rule, context)
 
 
