@@ -76,11 +76,10 @@ class MaxPoolRelevance(_Wrapped, keras.layers.Layer):
         pool, strides = tuple(layer.pool_size), tuple(layer.strides)
         outputs = tuple(relevance.shape[1:-1])
         spatial = tuple(x.shape[1:-1])
-        same = [_same_padding(n, p, s, o) if layer.padding == "same" else (0, 0)
-                for n, p, s, o in zip(spatial, pool, strides, outputs)]
+        padded = layer.padding == "same" and any(  # "same" padding adds rows or columns
+            (o - 1) * s + p > n for n, p, s, o in zip(spatial, pool, strides, outputs))
         # (TensorFlow broadcasts element-wise ops over at most 6 axes: 1D and 2D pooling.)
-        if (zero_padding is None and pool == strides and not any(map(sum, same))
-                and len(pool) <= 2):
+        if zero_padding is None and pool == strides and not padded and len(pool) <= 2:
             return _disjoint_windows(x, relevance, pool, outputs)
         # Otherwise every window's K elements as channels: one-hot convolutions of each
         # channel alone.
@@ -146,12 +145,6 @@ def _disjoint_windows(x, relevance, pool, outputs):
     left_over = [[0, 0], *[[0, n - o * p] for n, o, p in zip(x.shape[1:-1], outputs, pool)],
                  [0, 0]]  # rows a "valid" pooling never reads
     return ops.pad(shares, left_over) if any(pair[1] for pair in left_over) else shares
-
-
-def _same_padding(size, pool, stride, outputs):
-    """``(before, after)`` of TensorFlow's "same" padding along one axis."""
-    total = max((outputs - 1) * stride + pool - size, 0)
-    return total // 2, total - total // 2
 
 
 def _max_pool(x, layer):
