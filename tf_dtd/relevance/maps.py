@@ -18,6 +18,7 @@ from keras import ops
 from tf_dtd import rules as rules_lib
 from tf_dtd.errors import InvalidArgumentError
 from tf_dtd.relevance.engine import LinearRelevance, vjp
+from tf_dtd.relevance.forward_copy import ForwardCopy
 
 __all__ = ["MapRelevance", "ProportionalRelevance", "RoutingRelevance", "ShareRelevance",
            "LayerNormRelevance"]
@@ -25,34 +26,8 @@ __all__ = ["MapRelevance", "ProportionalRelevance", "RoutingRelevance", "ShareRe
 _register = keras.saving.register_keras_serializable(package="tf_dtd")
 
 
-def _copy(layer, dtype):
-    """A copy of ``layer`` (or of its serialised dict) computing in ``dtype``, with its weights."""
-    if isinstance(layer, dict):
-        return keras.layers.deserialize(layer), None
-    config = keras.layers.serialize(layer)
-    config["config"]["dtype"] = dtype  # relevance never in float16
-    return keras.layers.deserialize(config), layer.get_weights()
-
-
-class _Wrapped:
-    """Mixin: holds a copy of the forward layer and calls it on a list or a single tensor."""
-
-    def _wrap(self, layer):
-        self.forward_layer, self._initial_weights = _copy(layer, self.dtype_policy.name)
-
-    def _build_wrapped(self, shapes):
-        if not self.forward_layer.built:
-            self.forward_layer.build(shapes if len(shapes) > 1 else shapes[0])
-        if self._initial_weights:
-            self.forward_layer.set_weights(self._initial_weights)
-        self._initial_weights = None
-
-    def _apply(self, *xs):
-        return self.forward_layer(list(xs) if len(xs) > 1 else xs[0])
-
-
 @_register
-class MapRelevance(_Wrapped, LinearRelevance):
+class MapRelevance(ForwardCopy, LinearRelevance):
     """A linear rule on a linear map without a kernel: ``z = f(k_1·x_1, …, k_M·x_M)``.
 
     ``f`` is the forward layer; ``k_m`` are fixed per-operand scales (``Subtract`` is ``Add``
@@ -141,7 +116,7 @@ class ProportionalRelevance(MapRelevance):
 
 
 @_register
-class RoutingRelevance(_Wrapped, keras.layers.Layer):
+class RoutingRelevance(ForwardCopy, keras.layers.Layer):
     """Route relevance exactly through a layer that only moves or selects values.
 
     ``R_in = Jᵀ R``: for Flatten, Reshape, Permute, padding, cropping, Concatenate and

@@ -11,7 +11,7 @@ import numpy as np
 from keras import ops
 
 from tf_dtd.relevance.engine import after, vjp
-from tf_dtd.relevance.maps import _Wrapped
+from tf_dtd.relevance.forward_copy import ForwardCopy
 
 __all__ = ["MaxPoolRelevance"]
 
@@ -19,7 +19,7 @@ _register = keras.saving.register_keras_serializable(package="tf_dtd")
 
 
 @_register
-class MaxPoolRelevance(_Wrapped, keras.layers.Layer):
+class MaxPoolRelevance(ForwardCopy, keras.layers.Layer):
     """Winner-take-all through max-pooling: a window's relevance goes to the input that attains
     its maximum, and inputs that tie for it share it equally (nothing duplicated, and no corner
     of a constant window favoured, as the gradient's first-winner routing would).
