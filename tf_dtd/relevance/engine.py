@@ -129,6 +129,18 @@ class LinearRelevance(keras.layers.Layer):
         """``z`` plus a bias (or a modified bias) of the layer's bias shape."""
         return z + bias
 
+    def channel_window(self, shape):
+        """``(count_map, axis)`` for a one-input layer whose every output reads all input
+        channels of its window (Dense, a convolution with one group): ``count_map`` is the map
+        on one channel in and one out that counts the inputs of each window, ``axis`` the
+        channel axis of inputs of ``shape``. ``None`` for any other layer."""
+        return None
+
+    def elementwise(self, shapes):
+        """Whether every output reads one element of each input, at its own position (``Add``,
+        ``Average`` of inputs of one shape)."""
+        return False
+
     def flat(self, masks):
         """``z_ij = 1`` over the receptive field: ``(count_j, transpose)`` where ``count_j`` is
         the number of (masked) inputs feeding output ``j`` and ``transpose(s)`` sends ``s_j`` to
@@ -136,6 +148,9 @@ class LinearRelevance(keras.layers.Layer):
         ``count`` may be one wide on an axis where every output reads the same inputs (the
         channels of a convolution), and ``transpose``'s results one wide where every input
         feeds the same outputs: both broadcast."""
+        window = self.channel_window(masks[0].shape) if len(masks) == 1 else None
+        if window is not None:
+            return self._flat_over_channels(window[0], masks, window[1])
         ones = ops.ones_like(self.kernel_value())
         return self._flat_via(lambda *m: self.linear(list(m), ones), masks)
 
@@ -226,6 +241,17 @@ class LinearRelevance(keras.layers.Layer):
         if not part.fallback:
             return placed
         dead = _dead(denominator["value"], share)
+        window = self.channel_window(xs[0].shape) if count == 1 else None
+        if window is not None or self.elementwise([x.shape for x in xs]):
+            # One channel wide or element by element, the spread costs a few element-wise
+            # passes: cheaper than a cond, whose branch holds on to tensors of the relevance
+            # pass (ResNet50, batch 8: 2.4 GB peak over the forward pass's, 0.6 GB without).
+            lost = ops.where(dead, share, ops.zeros_like(share))
+            if window is not None:
+                spread = [self._spread_over_window(window, xs[0], lost, constants)]
+            else:
+                spread = self._spread_elementwise(xs, lost, constants)
+            return [p + f for p, f in zip(placed, spread)]
 
         def with_unplaced():
             lost = ops.where(dead, share, ops.zeros_like(share))
@@ -297,6 +323,49 @@ class LinearRelevance(keras.layers.Layer):
             [ops.divide_no_nan(share, by_size), ops.divide_no_nan(left, even)], axis=0))
         return [w[:count_of] * s[:count_of] + w[count_of:] * s[count_of:]
                 for w, s in zip(weights, spread)]
+
+    def _spread_over_window(self, window, x, share, constants):
+        """:meth:`_spread_unplaced` where ``channel_window`` holds: the counts, the shares and
+        their transpose are one channel wide; only the final products are as wide as ``x``."""
+        count_map, axis = window
+        mask = self._real_inputs(x, constants)
+        size = x if self.nonnegative_input else ops.abs(x)
+        if "ones" in constants or "low" in constants:  # padding carried from the pixels
+            size = mask * size
+            real = ops.sum(ops.broadcast_to(mask, ops.shape(x)), axis=axis, keepdims=True)
+        else:
+            mask = None
+            real = None
+        sized = ops.sum(size, axis=axis, keepdims=True)
+        if real is None:
+            real = ops.full_like(sized, x.shape[axis])
+        count_of = ops.shape(x)[0]
+        share = ops.sum(share, axis=axis, keepdims=True)
+
+        def cotangent(counts):  # by |a| (first half), evenly where every |a| is 0 (second)
+            by_size, even = counts[:count_of], counts[count_of:]
+            left = ops.where(ops.equal(by_size, 0), share, ops.zeros_like(share))
+            return ops.concatenate(
+                [ops.divide_no_nan(share, by_size), ops.divide_no_nan(left, even)], axis=0)
+
+        spread = vjp(count_map, [ops.concatenate([sized, real], axis=0)], cotangent)[2][0]
+        by_size, even = spread[:count_of], spread[count_of:]
+        return size * by_size + (even if mask is None else mask * even)
+
+    def _spread_elementwise(self, xs, share, constants):
+        """:meth:`_spread_unplaced` where ``elementwise`` holds: each unit's receptive field is
+        one element of each input."""
+        masked = "ones" in constants or "low" in constants
+        masks = [self._real_inputs(x, constants) for x in xs] if masked else None
+        sizes = [x if self.nonnegative_input else ops.abs(x) for x in xs]
+        if masked:
+            sizes = [m * s for m, s in zip(masks, sizes)]
+        total = sum(sizes[1:], sizes[0])
+        left = ops.where(ops.equal(total, 0), share, ops.zeros_like(share))
+        by_size = ops.divide_no_nan(share, total)
+        even = ops.divide_no_nan(left, sum(masks[1:], masks[0]) if masked else len(xs))
+        return [s * by_size + (m * even if masked else even)
+                for s, m in zip(sizes, masks or [None] * len(xs))]
 
     def _spread(self, weights, share):
         """``R_i = w_i Σ_j [i feeds j] share_j / Σ_i' w_i'``: ``share`` spread in proportion to

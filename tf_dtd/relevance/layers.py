@@ -119,8 +119,8 @@ class DenseRelevance(KernelRelevance):
     def linear(self, xs, kernel):
         return ops.matmul(xs[0], kernel)
 
-    def flat(self, masks):
-        return self._flat_over_channels(tf.identity, masks, axis=-1)
+    def channel_window(self, shape):
+        return tf.identity, len(shape) - 1
 
 
 @_register
@@ -178,15 +178,22 @@ class ConvRelevance(KernelRelevance):
     def channel_axis(self):
         return 1 if self.data_format == "channels_first" else -1
 
+    def channel_window(self, shape):
+        kernel_shape = self.kernel_shape()
+        axis = self.channel_axis % len(shape)
+        if shape[axis] != kernel_shape[-2]:  # grouped
+            return None
+        ones = ops.ones(kernel_shape[:-2] + (1, 1), self.relevance_dtype)
+        return (lambda m: self.linear([m], ones)), axis
+
     def flat(self, masks):
+        if self.channel_window(masks[0].shape) is not None:
+            return super().flat(masks)
         # Σ_i over a window of each group's channels: sum the channels of each group, then
         # convolve with a ones window of one channel per group.
         kernel_shape = self.kernel_shape()
         filters, group_channels = kernel_shape[-1], kernel_shape[-2]
         axis = self.channel_axis % len(masks[0].shape)
-        if masks[0].shape[axis] == group_channels:  # one group: one channel wide
-            ones = ops.ones(kernel_shape[:-2] + (1, 1), masks[0].dtype)
-            return self._flat_over_channels(lambda m: self.linear([m], ones), masks, axis)
 
         def count(m):
             groups = m.shape[axis] // group_channels
@@ -216,6 +223,9 @@ class DepthwiseConvRelevance(ConvRelevance):
     def convolve(self, x, kernel, padding):
         return ops.depthwise_conv(x, kernel, strides=self.strides, padding=padding,
                                   data_format="channels_last", dilation_rate=self.dilation_rate)
+
+    def channel_window(self, shape):
+        return None  # each output reads one input channel
 
     def flat(self, masks):
         kernel_shape = self.weight_shapes["kernel"]
@@ -249,10 +259,9 @@ class ConvTransposeRelevance(ConvRelevance):
                                   output_padding=self.output_padding,
                                   data_format="channels_last", dilation_rate=self.dilation_rate)
 
-    def flat(self, masks):
-        ones = ops.ones(self.weight_shapes["kernel"][:-2] + (1, 1), masks[0].dtype)
-        return self._flat_over_channels(lambda m: self.linear([m], ones), masks,
-                                        self.channel_axis % len(masks[0].shape))
+    def channel_window(self, shape):
+        ones = ops.ones(self.weight_shapes["kernel"][:-2] + (1, 1), self.relevance_dtype)
+        return (lambda m: self.linear([m], ones)), self.channel_axis % len(shape)
 
     def get_config(self):
         output_padding = None if self.output_padding is None else list(self.output_padding)

@@ -77,6 +77,10 @@ class MapRelevance(ForwardCopy, LinearRelevance):
     def linear(self, xs, kernel):
         return self._apply(*[x * kernel[m] for m, x in enumerate(xs)])
 
+    def elementwise(self, shapes):
+        return (isinstance(self.forward_layer, (keras.layers.Add, keras.layers.Average))
+                and all(tuple(s) == tuple(shapes[0]) for s in shapes))
+
     def kernel_value(self):
         scales = self.operand_scales or (1.0,) * self.num_inputs
         return ops.convert_to_tensor(np.asarray(scales), dtype=self.relevance_dtype)
