@@ -131,6 +131,34 @@ def test_merge(kind):
 
 
 @pytest.mark.parametrize("kind", ["subtract", "average", "custom_scale", "op_add"])
+def test_merge_zplus_spreads_what_no_operand_explains(kind):
+    """z⁺: ``R_k = (c_k x_k)⁺ / Σ_k (c_k x_k)⁺ · R``. Where no operand contributes positively
+    (feature 0) the operands share ``R`` by magnitude ``|x_k| / Σ_k |x_k|``; where all are 0
+    (feature 1) evenly — never lost. The head uses w², so relevance arrives at both."""
+    n, coefficients = MERGE_CASES[kind]
+    model = head_model(merge_body(kind, n), (n, FEATURES), seed=8)
+    c = np.asarray(coefficients)[None, :]
+    x = np.random.default_rng(9).normal(size=(BATCH, n, FEATURES)).astype("float32")
+    x[:, :, 0] = -np.abs(x[:, :, 0]) * np.sign(c)
+    x[:, :, 1] = 0.0
+    actual = explain(model, tf_dtd.Composite(default=rules.ZPlus(),
+                                             by_type={L.Dense: rules.WSquare()}), x)
+    w2 = head_kernel(model).astype("float64")[:, TARGET] ** 2
+    logit = np.asarray(model(x))[:, TARGET].astype("float64")
+    r = (w2[None, :] / w2.sum() * logit[:, None])[:, None, :]
+    x64 = x.astype("float64")
+    positive = np.maximum(c[:, :, None] * x64, 0.0)
+    total = positive.sum(axis=1, keepdims=True)
+    sizes = np.abs(x64)
+    size_total = sizes.sum(axis=1, keepdims=True)
+    spread = np.where(size_total > 0, sizes / np.where(size_total > 0, size_total, 1.0), 1 / n)
+    expected = np.where(total > 0, positive / np.where(total > 0, total, 1.0), spread) * r
+    assert np.all(total[:, :, :2] == 0) and np.all(r[:, :, :2] != 0)
+    assert_matches(actual, expected, np.zeros_like(expected))
+    np.testing.assert_allclose(actual.sum(axis=(1, 2)), r.sum(axis=(1, 2)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["subtract", "average", "custom_scale", "op_add"])
 def test_merge_zero_operands_give_zero(kind):
     """Under LRP-0, where every operand is 0 (z = 0, no contribution) the operands get 0, never
     NaN. The head uses w² (``R_i = w_it² / Σ w² · R_t``), so relevance does arrive at those
