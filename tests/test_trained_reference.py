@@ -140,17 +140,24 @@ def reference_relevance(model, x, add_shares=None):
     return out, logits
 
 
+@functools.lru_cache(maxsize=None)
+def expected_relevance():
+    """``reference_relevance`` of the shipped model on its samples, computed once."""
+    model, x = shipped()
+    return reference_relevance(model, x)
+
+
 def test_reference_runs_the_trained_network():
     """Self-check: the explicit matrices give the model's logits."""
     model, x = shipped()
-    _, logits = reference_relevance(model, x)
+    _, logits = expected_relevance()
     keras_logits = tf_dtd.evaluate.baselines.predict_logits(model, x)
     np.testing.assert_allclose(logits, keras_logits, rtol=1e-4, atol=1e-4)
 
 
 def test_every_layer_matches_the_reference():
     model, x = shipped()
-    expected, logits = reference_relevance(model, x)
+    expected, logits = expected_relevance()
     relevance_model = tf_dtd.relevance_model(model, "deep_taylor_bounded",
                                              input_range=digits.INPUT_RANGE, layers=LAYERS)
     actual = relevance_model.predict(x, verbose=0)
@@ -170,7 +177,7 @@ def test_the_comparison_sees_a_misallocation():
     """Adds that split relevance equally (a plausible bug, invisible to conservation: the sum is
     the same) move relevance between the layers far beyond the tolerance above."""
     model, x = shipped()
-    right, _ = reference_relevance(model, x)
+    right, _ = expected_relevance()
     wrong, _ = reference_relevance(model, x, add_shares=lambda operands, r: [r / 2, r / 2])
     np.testing.assert_allclose(wrong["input"].sum(axis=1), right["input"].sum(axis=1),
                                rtol=1e-9)
