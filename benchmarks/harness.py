@@ -212,6 +212,8 @@ def argument_parser(adapter, description, default_json, *, prog=None):
     add("--threads", type=int, default=None, help="intra- and inter-op threads (default: all)")
     add("--no-fresh", action="store_true",
         help="skip the fresh subprocesses (first call and peak memory)")
+    add("--no-timing", action="store_true",
+        help="skip the timed pairs (first call and peak memory only)")
     add("--fresh-methods", nargs="+", default=None,
         help="measure first call and memory only for these methods (default: all)")
     add("--budget-seconds", type=float, default=None,
@@ -276,9 +278,10 @@ def measure(adapter, module, args, *, python=sys.executable):
 
         for model in args.models:
             for jit in jit_settings:
-                out = call(f"timing {model} XLA={jit}",
-                           {"kind": "timing", "model": model, "batches": args.batches,
-                            "methods": args.methods, "settings": {**settings, "jit": jit}})
+                out = {"error": "not measured (--no-timing)"} if args.no_timing else call(
+                    f"timing {model} XLA={jit}",
+                    {"kind": "timing", "model": model, "batches": args.batches,
+                     "methods": args.methods, "settings": {**settings, "jit": jit}})
                 for batch in args.batches:
                     for method in args.methods:
                         record = _new_record(adapter, args, environment, model, batch, method,
