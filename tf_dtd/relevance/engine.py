@@ -11,7 +11,9 @@ rule's parts with the gradient trick, all as plain TF ops that ``tf.function`` a
 Vector-Jacobian products are taken with ``tf.GradientTape`` inside ``call``. Where a part's
 denominator is the layer's own output, the forward pass's ``z`` is used and the recomputed map
 only serves its transpose (graph pruning drops it). A part with ``fallback`` spreads the relevance
-of units with a zero denominator evenly over their receptive field (:meth:`flat`).
+of units with a zero denominator over their receptive field by the inputs' magnitude, evenly
+where all of them are zero (:meth:`flat`; one channel wide where :meth:`channel_window` says so,
+element by element where :meth:`elementwise` does).
 """
 
 import keras
