@@ -91,17 +91,15 @@ class ReceptiveFieldSpread:
         the output channels: the counts, the shares and their transpose are one channel wide;
         only the final products are as wide as ``x``."""
         count_map, axis = window
-        mask = self._real_inputs(x, constants)
+        mask = self._padding_mask(x, constants)
         size = x if self.nonnegative_input else ops.abs(x)
-        if "ones" in constants or "low" in constants:  # padding carried from the pixels
+        if mask is not None:
             size = mask * size
-            real = ops.sum(ops.broadcast_to(mask, ops.shape(x)), axis=axis, keepdims=True)
-        else:
-            mask = None
-            real = None
         sized = ops.sum(size, axis=axis, keepdims=True)
-        if real is None:
+        if mask is None:
             real = ops.full_like(sized, x.shape[axis])
+        else:
+            real = ops.sum(ops.broadcast_to(mask, ops.shape(x)), axis=axis, keepdims=True)
         count_of = ops.shape(x)[0]
 
         def cotangent(counts):  # by |a| (first half), evenly where every |a| is 0 (second)
@@ -117,17 +115,15 @@ class ReceptiveFieldSpread:
     def _spread_elementwise(self, xs, share, constants):
         """:meth:`_spread_unplaced` where ``elementwise`` holds: each unit's receptive field is
         one element of each input."""
-        masked = "ones" in constants or "low" in constants
-        masks = [self._real_inputs(x, constants) for x in xs] if masked else None
+        masks = [self._padding_mask(x, constants) for x in xs]
         sizes = [x if self.nonnegative_input else ops.abs(x) for x in xs]
-        if masked:
-            sizes = [m * s for m, s in zip(masks, sizes)]
+        sizes = [s if m is None else m * s for m, s in zip(masks, sizes)]
         total = sum(sizes[1:], sizes[0])
         left = ops.where(ops.equal(total, 0), share, ops.zeros_like(share))
         by_size = ops.divide_no_nan(share, total)
+        masked = masks[0] is not None
         even = ops.divide_no_nan(left, sum(masks[1:], masks[0]) if masked else len(xs))
-        return [s * by_size + (m * even if masked else even)
-                for s, m in zip(sizes, masks or [None] * len(xs))]
+        return [s * by_size + (even if m is None else m * even) for s, m in zip(sizes, masks)]
 
     def _spread(self, weights, share):
         """``R_i = w_i Σ_j [i feeds j] share_j / Σ_i' w_i'``: ``share`` spread in proportion to
@@ -138,11 +134,18 @@ class ReceptiveFieldSpread:
         left = ops.where(ops.equal(count, 0), share, ops.zeros_like(share))
         return [w * s for w, s in zip(weights, spread)], left
 
-    @staticmethod
-    def _real_inputs(x, constants):
+    @classmethod
+    def _real_inputs(cls, x, constants):
         """1 where ``x`` holds an input value, 0 where it holds padding carried from the pixels."""
+        mask = cls._padding_mask(x, constants)
+        return ops.ones_like(x) if mask is None else mask
+
+    @staticmethod
+    def _padding_mask(x, constants):
+        """:meth:`_real_inputs` where the layer has padding carried from the pixels (the rule's
+        input constants mark it), ``None`` where every element of ``x`` is an input."""
         if "ones" in constants:
             return constants["ones"]
         if "low" in constants and "high" in constants:
             return ops.cast(constants["high"] > constants["low"], x.dtype)
-        return ops.ones_like(x)
+        return None
