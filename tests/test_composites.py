@@ -110,6 +110,58 @@ def test_epsilon_plus_presets_assign_their_rules():
     assert flat["head"] == rules.Epsilon()
 
 
+def _pointwise_model():
+    """Conv, a Dense on the image tensor (a 1×1 convolution), pooling, two fully connected."""
+    inputs = keras.Input((4, 4, 2))
+    h = L.Conv2D(3, 3, padding="same", activation="relu", name="conv")(inputs)
+    h = L.Dense(3, activation="relu", name="pointwise")(h)
+    h = L.Dense(4, activation="relu", name="fc")(L.GlobalAveragePooling2D()(h))
+    return keras.Model(inputs, L.Dense(2, name="top")(h))
+
+
+def test_fully_connected_rule_reaches_only_layers_that_read_flat_features():
+    plus = _rules_by_layer(tf_dtd.relevance_model(_pointwise_model(), "lrp_epsilon_plus"))
+    assert plus["fc"] == plus["top"] == rules.Epsilon()
+    assert isinstance(plus["pointwise"], rules.ZPlus) and isinstance(plus["conv"], rules.ZPlus)
+    box = _rules_by_layer(tf_dtd.relevance_model(
+        _pointwise_model(), "lrp_epsilon_gamma_box", input_range=(0.0, 1.0)))
+    assert box["fc"] == box["top"] == rules.Z()
+    assert box["pointwise"] == rules.Gamma(0.25)  # by position: kernel layer 1 of 4
+    # precedence: by_type beats fully_connected, fully_connected beats by_index
+    composite = tf_dtd.Composite(default=rules.Z(), fully_connected=rules.Epsilon(0.5),
+                                 by_type={L.Conv2D: rules.Flat()}, by_name={"top": rules.Z()},
+                                 by_index={(0, None): rules.Gamma(0.1)})
+    assigned = _rules_by_layer(tf_dtd.relevance_model(_pointwise_model(), composite))
+    assert assigned == {"conv": rules.Flat(), "pointwise": rules.Gamma(0.1),
+                        "fc": rules.Epsilon(0.5), "top": rules.Z()}
+    with pytest.raises(tf_dtd.InvalidArgumentError, match="fully_connected must be"):
+        tf_dtd.Composite(fully_connected="epsilon")
+
+
+def test_epsilon_plus_conserves_where_a_pointwise_dense_cancels_its_bias():
+    """ConvNeXt's failure in small: a pointwise Dense whose output p = 1 is 5000.5 − 4999.5
+    (input times kernel, plus bias) feeds a residual Add with the negative h = −0.5. The z⁺ shares
+    of the Add give p all of the relevance of r = h + p; ε on the pointwise layer would then
+    pass on (p − b) / p = 5000 times it. As a 1×1 convolution it takes z⁺ and conserves."""
+    inputs = keras.Input((2, 2, 1))
+    h = L.Conv2D(1, 1, name="stem", kernel_initializer="ones",
+                 bias_initializer=keras.initializers.Constant(-1.0))(inputs)
+    p = L.Dense(1, name="pointwise", kernel_initializer=keras.initializers.Constant(10001.0),
+                bias_initializer=keras.initializers.Constant(-4999.5))(inputs)
+    r = L.ReLU()(L.Add()([h, p]))
+    outputs = L.Dense(1, name="top", kernel_initializer="ones")(L.GlobalAveragePooling2D()(r))
+    model = keras.Model(inputs, outputs)
+    x = np.full((1, 2, 2, 1), 0.5, "float32")
+    logit = float(model(x)[0, 0])
+    assert logit == pytest.approx(0.5)
+    relevance = tf_dtd.explain(model, x, "lrp_epsilon_plus")
+    np.testing.assert_allclose(relevance.sum(), logit, rtol=1e-5)
+    assert relevance.min() >= 0
+    epsilon_everywhere = tf_dtd.Composite(default=rules.ZPlus(), by_type={L.Dense: rules.Epsilon()})
+    amplified = tf_dtd.explain(model, x, epsilon_everywhere).sum() / logit
+    np.testing.assert_allclose(amplified, 10001.0 * 0.5 / 1.0, rtol=1e-3)
+
+
 def _chain(depth=6):
     inputs = keras.Input((8, 8, 2))
     h = inputs

@@ -3,13 +3,12 @@
 Precedence, first match wins: ``by_name`` (the layer's name), then ``first`` (kernel layers, and
 linear layers that carry the pixels such as average pooling, that read the model input, see
 :func:`tf_dtd.relevance_model`), then ``by_type`` (along the layer class's MRO, so subclasses
-inherit), then ``by_index`` (position among the kernel layers), then ``default``.
+inherit), then ``fully_connected`` (kernel layers that read flat feature vectors), then
+``by_index`` (position among the kernel layers), then ``default``.
 """
 
 import dataclasses
 import types
-
-import keras
 
 from tf_dtd import registry, rules
 from tf_dtd.errors import InvalidArgumentError
@@ -27,6 +26,10 @@ class Composite:
         first: the rule of the kernel layers that read the model input (e.g. z^B, w²).
         by_type: ``{LayerClass: rule}``; looked up along ``type(layer).__mro__``.
         by_name: ``{layer_name: rule}``; wins over everything else.
+        fully_connected: the rule of the kernel layers that read flat feature vectors (inputs of
+            shape batch × features): the fully connected top of a classifier, such as VGG-16's
+            ``fc1``, ``fc2`` and ``predictions``. A ``Dense`` layer on an image tensor (ConvNeXt's
+            pointwise layers) is a 1×1 convolution and does not count.
         by_index: ``{index or (start, stop): rule}`` over the kernel layers (Dense,
             convolutions) in graph order, 0-based, ``stop`` excluded or ``None`` for the end.
             Negative ints count from the end; ``start``/``stop`` may also be floats in [0, 1],
@@ -58,6 +61,7 @@ class Composite:
     by_type: dict = dataclasses.field(default_factory=dict)
     by_name: dict = dataclasses.field(default_factory=dict)
     by_index: dict = dataclasses.field(default_factory=dict)
+    fully_connected: rules.Rule = None
     max_pooling: str = "winner_take_all"
     multiply: str = "gate"
 
@@ -80,7 +84,8 @@ class Composite:
                     "Composite.by_index keys must be ints or (start, stop) pairs. "
                     f"Received: {key!r}"
                 )
-        named = {"default": self.default, "first": self.first}
+        named = {"default": self.default, "first": self.first,
+                 "fully_connected": self.fully_connected}
         named.update({f"by_index[{k!r}]": v for k, v in dict(self.by_index).items()})
         named.update({f"by_type[{k!r}]": v for k, v in dict(self.by_type).items()})
         named.update({f"by_name[{k!r}]": v for k, v in dict(self.by_name).items()})
@@ -98,14 +103,16 @@ class Composite:
         object.__setattr__(self, "by_name", types.MappingProxyType(dict(self.by_name)))
         object.__setattr__(self, "by_index", types.MappingProxyType(dict(self.by_index)))
 
-    def rule_for(self, layer, layer_type=None, *, is_first=False, name=None, position=None):
+    def rule_for(self, layer, layer_type=None, *, is_first=False, name=None, position=None,
+                 reads_flat=False):
         """The rule ``layer`` gets, or ``None`` for a layer without a rule choice (routing,
         element-wise layers).
 
         ``layer_type`` is the layer's :class:`tf_dtd.registry.LayerType` (looked up by
         default); ``is_first`` says whether it reads the model input; ``name`` is the name
         ``by_name`` matches, ``layer.name`` by default; ``position`` is ``(index, count)`` of a
-        kernel layer among the model's kernel layers (``None`` for other layers).
+        kernel layer among the model's kernel layers (``None`` for other layers);
+        ``reads_flat`` says whether its input is a flat feature vector (batch × features).
 
         Raises:
             InvalidArgumentError: ``by_name``, ``by_type`` or ``by_index`` gives the layer a rule
@@ -118,7 +125,9 @@ class Composite:
         first = is_first and self.first is not None and layer_type.takes(self.first) and (
             position is not None or layer_type.kernel
             or (layer_type.carries_input_box and layer_type.default_rule is None))
-        explicit = self._explicit(layer, name, position, first)
+        fully_connected = (reads_flat and self.fully_connected is not None
+                           and (position is not None or layer_type.kernel))
+        explicit = self._explicit(layer, name, position, first, fully_connected)
         if explicit is not None:
             where, rule = explicit
             if not layer_type.takes(rule):
@@ -142,7 +151,7 @@ class Composite:
             "Give the layer a rule by_name or by_type."
         )
 
-    def _explicit(self, layer, name, position, first):
+    def _explicit(self, layer, name, position, first, fully_connected):
         if name in self.by_name:
             return f"by_name[{name!r}]", self.by_name[name]
         if first:
@@ -150,6 +159,8 @@ class Composite:
         for cls in type(layer).__mro__:
             if cls in self.by_type:
                 return f"by_type[{cls.__name__}]", self.by_type[cls]
+        if fully_connected:
+            return "fully_connected", self.fully_connected
         if position is not None:
             for key, rule in self.by_index.items():
                 if _index_matches(key, *position):
@@ -205,16 +216,19 @@ PRESETS = {
         default=rules.AlphaBeta(1.0, 0.0, bias=False)),
     "lrp_alpha_2_beta_1": lambda input_range: Composite(
         default=rules.AlphaBeta(2.0, 1.0, bias=False)),
+    # ε on the fully connected top only: a Dense layer on an image tensor is a 1×1 convolution
+    # and takes z⁺ (ε there amplifies on ConvNeXt, where the residual Add's z⁺ shares give a
+    # pointwise layer's tiny positive output the whole relevance of its block).
     "lrp_epsilon_plus": lambda input_range: Composite(
-        default=rules.ZPlus(), by_type={keras.layers.Dense: rules.Epsilon()}),
+        default=rules.ZPlus(), fully_connected=rules.Epsilon()),
     "lrp_epsilon_plus_flat": lambda input_range: Composite(
-        default=rules.ZPlus(), first=rules.Flat(), by_type={keras.layers.Dense: rules.Epsilon()}),
+        default=rules.ZPlus(), first=rules.Flat(), fully_connected=rules.Epsilon()),
     # Montavon et al. (2019): z^B on the pixels, γ low, ε in the middle, LRP-0 on the dense top.
     # The split is by position among the kernel layers: the lower half γ, the upper half ε.
     "lrp_epsilon_gamma_box": lambda input_range: Composite(
         default=rules.Z(),
         first=_box(input_range, "lrp_epsilon_gamma_box"),
-        by_type={keras.layers.Dense: rules.Z()},
+        fully_connected=rules.Z(),
         by_index={(0.0, 0.5): rules.Gamma(0.25),
                   (0.5, None): rules.Epsilon(0.25, relative=True)},
     ),

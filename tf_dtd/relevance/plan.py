@@ -157,7 +157,9 @@ def decide(model, rules="deep_taylor_bounded", *, input_range=None, target="max"
         rule = None
         if error is None:
             user = origin.layer if origin.role == "layer" and origin.layer else node.layer
-            rule = composite.rule_for(user, layer_type, is_first=is_first, position=position)
+            reads_flat = len(graph.tensors[node.inputs[0]].shape) == 2 if node.inputs else False
+            rule = composite.rule_for(user, layer_type, is_first=is_first, position=position,
+                                      reads_flat=reads_flat)
         own = layer_type.canonical is not None and origin.role == "layer" and canonical
         context = HandlerContext(
             name=node.layer.name if own else namer(f"{node.layer.name}_relevance"),
