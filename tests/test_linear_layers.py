@@ -32,6 +32,7 @@ from references import (
     probe_matrix,
     proportional_step,
     randomize,
+    reference,
     rule_step,
     transpose_matrix,
     upsampling_matrix,
@@ -39,6 +40,7 @@ from references import (
 
 import tf_dtd
 from tf_dtd import rules
+from tf_dtd.relevance.layers import DepthwiseConvRelevance
 
 # --- 1, 2. DepthwiseConv and ConvTranspose: ordinary linear layers ---
 
@@ -165,6 +167,31 @@ def test_linear_layer_rule(name, rule_case):
     expected, err = rule_step(rule, flat(x), m, b, r, err, low, high,
                               c=linear_connectivity(name))
     assert_matches(actual, expected.reshape(x.shape), err.reshape(x.shape))
+
+
+def test_depthwise_spreads_units_no_input_explains(batch=3):
+    """Depthwise units with a zero z⁺ denominator keep their relevance: spread by |a| over the
+    window, evenly over its real inputs (padding excluded) where the whole window is zero — the
+    general spread (no channel sum), with the even count taken on one sample."""
+    rng = np.random.default_rng(5)
+    in_shape, strides = (7, 6, 2), (2, 1)
+    kernel = rng.normal(size=(3, 3, 2, 2))
+    kernel[:, :, 0, 1] = -np.abs(kernel[:, :, 0, 1])  # output 1 reads channel 0 with w ≤ 0
+    x = np.abs(rng.normal(size=(batch,) + in_shape))
+    x[:, :4, :4, 1] = 0.0  # windows of channel 1 (outputs 2, 3) that are all zero
+    m, out_shape = depthwise_matrix(kernel, in_shape, strides, "same", (1, 1))
+    c = depthwise_matrix(np.ones_like(kernel), in_shape, strides, "same", (1, 1))[0]
+    r = rng.uniform(0.5, 1.5, size=(batch,) + out_shape)
+    layer = DepthwiseConvRelevance.from_kernel(rules.ZPlus(), kernel.astype("float32"), None,
+                                               strides=strides, padding="same",
+                                               dilation_rate=(1, 1))
+    actual = np.asarray(layer([x.astype("float32"), r.astype("float32")]))
+    expected = reference("zplus", flat(x), m, 0.0, flat(r), c=c).reshape(x.shape)
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+    z = flat(x) @ np.maximum(m, 0)
+    assert np.any((z == 0) & (flat(x) @ c > 0))  # spread by |a|
+    assert np.any(flat(x) @ c == 0)  # spread evenly
+    np.testing.assert_allclose(actual.sum(), r.sum(), rtol=1e-5)
 
 
 # --- 3. SeparableConv: computed as depthwise then pointwise, explained as the one map they make ---

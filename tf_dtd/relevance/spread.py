@@ -72,8 +72,26 @@ class ReceptiveFieldSpread:
         """The relevance of units a rule cannot credit (``share``), spread over each unit's
         receptive field in proportion to the inputs' magnitude ``|a_i|``, so it stays on the
         active inputs; evenly where every input of the unit is zero."""
-        # Both spreads in one count and one transpose: by |a_i| (first half of a doubled
-        # batch) and, for units whose inputs are all zero, evenly (second half).
+        masks = [self._padding_mask(x, constants) for x in xs]
+        if any(m is not None for m in masks):
+            return self._spread_unplaced_in_one(xs, share, constants)
+        # Without padding constants the even count is the same for every sample: it is counted
+        # on one, and only its transpose runs on the batch (the count map's forward on ``ones``
+        # is unused, and graph pruning drops it).
+        sizes = [x if self.nonnegative_input else ops.abs(x) for x in xs]
+        count, transpose = self.flat(sizes)
+        count = ops.cast(count, share.dtype)
+        by_size = transpose(ops.divide_no_nan(share, count))
+        left = ops.where(ops.equal(count, 0), share, ops.zeros_like(share))
+        even = ops.cast(self.flat([ops.ones_like(x[:1]) for x in xs])[0], share.dtype)
+        spread_evenly = self.flat([ops.ones_like(x) for x in xs])[1]
+        evenly = spread_evenly(ops.divide_no_nan(left, even))
+        return [w * s + e for w, s, e in zip(sizes, by_size, evenly)]
+
+    def _spread_unplaced_in_one(self, xs, share, constants):
+        """:meth:`_spread_unplaced` where padding constants mark the real inputs: both spreads
+        in one count and one transpose, by |a_i| (first half of a doubled batch) and, for units
+        whose inputs are all zero, evenly (second half)."""
         count_of = ops.shape(share)[0]
         weights = [ops.concatenate([m * ops.abs(x), ops.broadcast_to(m, ops.shape(x))], axis=0)
                    for m, x in zip([self._real_inputs(x, constants) for x in xs], xs)]
