@@ -174,7 +174,7 @@ def test_depthwise_spreads_units_no_input_explains(batch=3):
     window, evenly over its real inputs (padding excluded) where the whole window is zero — the
     general spread (no channel sum), with the even count taken on one sample."""
     rng = np.random.default_rng(5)
-    in_shape, strides = (7, 6, 2), (2, 1)
+    in_shape, strides = (7, 6, 2), (2, 2)  # equal: TF's kernel without oneDNN needs it
     kernel = rng.normal(size=(3, 3, 2, 2))
     kernel[:, :, 0, 1] = -np.abs(kernel[:, :, 0, 1])  # output 1 reads channel 0 with w ≤ 0
     x = np.abs(rng.normal(size=(batch,) + in_shape))
