@@ -78,15 +78,12 @@ class ReceptiveFieldSpread:
         # Without padding constants the even count is the same for every sample: it is counted
         # on one, and only its transpose runs on the batch (the count map's forward on ``ones``
         # is unused, and graph pruning drops it).
-        sizes = [x if self.nonnegative_input else ops.abs(x) for x in xs]
-        count, transpose = self.flat(sizes)
-        count = ops.cast(count, share.dtype)
-        by_size = transpose(ops.divide_no_nan(share, count))
-        left = ops.where(ops.equal(count, 0), share, ops.zeros_like(share))
+        by_size, left = self._spread(
+            [x if self.nonnegative_input else ops.abs(x) for x in xs], share)
         even = ops.cast(self.flat([ops.ones_like(x[:1]) for x in xs])[0], share.dtype)
         spread_evenly = self.flat([ops.ones_like(x) for x in xs])[1]
         evenly = spread_evenly(ops.divide_no_nan(left, even))
-        return [w * s + e for w, s, e in zip(sizes, by_size, evenly)]
+        return [b + e for b, e in zip(by_size, evenly)]
 
     def _spread_unplaced_in_one(self, xs, share, constants):
         """:meth:`_spread_unplaced` where padding constants mark the real inputs: both spreads
