@@ -10,11 +10,16 @@ rule's parts with the gradient trick, all as plain TF ops that ``tf.function`` a
 
 Vector-Jacobian products are taken with ``tf.GradientTape`` inside ``call``. Where a part's
 denominator is the layer's own output, the forward pass's ``z`` is used and the recomputed map
-only serves its transpose (graph pruning drops it). A part with ``fallback`` spreads the relevance
-of units with a zero denominator over their receptive field by the inputs' magnitude, evenly
-where all of them are zero (:meth:`flat`; one channel wide where :meth:`channel_window` says so,
-element by element where :meth:`elementwise` does).
+only serves its transpose (graph pruning drops it). A part of several terms on one input of a
+layer whose every output reads all input channels (:meth:`channel_window`) is one map on the
+variants stacked along the channels: one convolution and one transpose, not one per term. A part
+with ``fallback`` spreads the relevance of units with a zero denominator over their receptive
+field by the inputs' magnitude, evenly where all of them are zero (:meth:`flat`; one channel wide
+where :meth:`channel_window` says so, element by element where :meth:`elementwise` does).
 """
+
+import functools
+import operator
 
 import keras
 import tensorflow as tf
@@ -25,7 +30,7 @@ from tf_dtd.errors import InvalidArgumentError, describe
 from tf_dtd.relevance.spread import ReceptiveFieldSpread
 from tf_dtd.relevance.tape import vjp
 
-__all__ = ["LinearRelevance", "after", "vjp"]
+__all__ = ["LinearRelevance", "add_all", "after", "vjp"]
 
 
 def _dead(denominator, share):
@@ -36,6 +41,11 @@ def _dead(denominator, share):
 def _unplaced(denominator, share):
     """The relevance of units whose denominator is exactly zero: no contribution to credit."""
     return ops.where(_dead(denominator, share), share, ops.zeros_like(share))
+
+
+def add_all(tensors):
+    """The sum of a non-empty sequence of tensors (without the ``0 +`` op ``sum`` adds)."""
+    return functools.reduce(operator.add, tensors)
 
 
 def after(tensor, values):
@@ -75,6 +85,7 @@ class LinearRelevance(ReceptiveFieldSpread, keras.layers.Layer):
 
     num_inputs = 1
     nonnegative_kernel = False  # the map's weights are all >= 0 (average pooling, Add)
+    kernel_input_axis = -2  # the kernel's axis of input channels (see channel_window)
 
     def __init__(self, rule=None, *, nonnegative_input=False, constant_inputs=(),
                  relevance_dtype=None, **kwargs):
@@ -165,7 +176,7 @@ class LinearRelevance(ReceptiveFieldSpread, keras.layers.Layer):
         return result if result is not None else [ops.zeros_like(x) for x in xs]
 
     def _part(self, part, xs, share, constants, param, bias, output):
-        variants, forward = self._forward(part, xs, constants, param, bias)
+        variants, forward, gather = self._forward(part, xs, constants, param, bias)
         denominator = {}
 
         def cotangent(computed):
@@ -175,12 +186,8 @@ class LinearRelevance(ReceptiveFieldSpread, keras.layers.Layer):
             return ops.divide_no_nan(share, den)
 
         variants, _, grads = vjp(forward, variants, cotangent)
+        placed = gather([variant * grad for variant, grad in zip(variants, grads)])
         count = len(xs)
-        placed = [None] * count
-        for index, (variant, grad) in enumerate(zip(variants, grads)):
-            i = index % count
-            placed[i] = variant * grad if placed[i] is None else placed[i] + variant * grad
-        placed = [ops.zeros_like(x) if p is None else p for p, x in zip(placed, xs)]
         if not part.fallback:
             return placed
         denominator = denominator["value"]
@@ -207,20 +214,56 @@ class LinearRelevance(ReceptiveFieldSpread, keras.layers.Layer):
         return ops.cond(ops.any(dead), with_unplaced, lambda: placed)
 
     def _forward(self, part, xs, constants, param, bias):
-        """The part's input variants (flat list) and its map ``forward(*variants) -> z``."""
+        """The part's input variants (flat list), its map ``forward(*variants) -> z``, and
+        ``gather(products)``: the relevance at each of ``xs`` from the products
+        ``variant · Jᵀs`` (one per variant)."""
         names = sorted({term.input for term in part.terms})
         variants = [v for name in names for v in self._variant(name, xs, constants)]
         count = len(xs)
 
-        def forward(*tensors):
-            by_name = {name: list(tensors[i * count:(i + 1) * count])
-                       for i, name in enumerate(names)}
-            total = sum(self.linear(by_name[t.input], param(t.kernel)) for t in part.terms)
+        def with_bias(total):
             if part.bias is not None and bias is not None:
                 total = self.add_bias(total, param(part.bias))
             return total
 
-        return variants, forward
+        window = self.channel_window(xs[0].shape) if count == 1 else None
+        if window is not None and len(part.terms) > 1 and len(names) == len(part.terms):
+            return self._stacked(part, names, variants, window[1], param, with_bias)
+
+        def forward(*tensors):
+            by_name = {name: list(tensors[i * count:(i + 1) * count])
+                       for i, name in enumerate(names)}
+            return with_bias(add_all(self.linear(by_name[t.input], param(t.kernel))
+                                    for t in part.terms))
+
+        def gather(products):
+            return [add_all(products[i::count]) if products[i::count] else ops.zeros_like(x)
+                    for i, x in enumerate(xs)]
+
+        return variants, forward, gather
+
+    def _stacked(self, part, names, variants, axis, param, with_bias):
+        """``_forward`` as one map on the terms' input variants stacked along the channel axis
+        (their kernels stacked along the kernel's input axis): one convolution and one
+        transpose instead of one per term, for a layer whose every output reads all input
+        channels (:meth:`channel_window`). z^B on the pixels: two 3-channel convolutions cost
+        about what one 6-channel one does."""
+        by_name = dict(zip(names, variants))
+        stacked = ops.concatenate([by_name[t.input] for t in part.terms], axis=axis)
+        terms, channels = len(part.terms), variants[0].shape[axis]
+
+        def forward(tensor):
+            kernel = ops.concatenate([param(t.kernel) for t in part.terms],
+                                     axis=self.kernel_input_axis)
+            return with_bias(self.linear([tensor], kernel))
+
+        def gather(products):
+            product = products[0]
+            shape = tf.shape(product)
+            split = tf.concat([shape[:axis], [terms, channels], shape[axis + 1:]], 0)
+            return [ops.sum(tf.reshape(product, split), axis=axis)]
+
+        return [stacked], forward, gather
 
     def spread_flat_share(self, inputs):
         """Per sample, the relevance that parts with ``fallback`` spread flat (their units with a
@@ -236,7 +279,7 @@ class LinearRelevance(ReceptiveFieldSpread, keras.layers.Layer):
                                     nonnegative_kernel=self.nonnegative_kernel):
             if not part.fallback:
                 continue
-            variants, forward = self._forward(
+            variants, forward, _ = self._forward(
                 part, xs, constants, lambda key: self.rule.param(key, kernel, bias), bias)
             total = total + _unplaced(forward(*variants), relevance)
         return ops.sum(ops.reshape(total, (ops.shape(total)[0], -1)), axis=1)

@@ -250,6 +250,8 @@ class ConvTransposeRelevance(ConvRelevance):
         **kwargs: see :class:`ConvRelevance`.
     """
 
+    kernel_input_axis = -1
+
     def __init__(self, rule=None, *, output_padding=None, **kwargs):
         super().__init__(rule, **kwargs)
         self.output_padding = None if output_padding is None else tuple(output_padding)
