@@ -2,15 +2,16 @@
 
 A window's relevance goes to the input that attains its maximum; exact ties share it equally.
 Windows that tile the input (VGG's 2×2, stride 2) are two axes of a reshape and cost a max- and
-an average-pooling; overlapping or padded windows (ResNet's 3×3, stride 2) become channels of
-one-hot convolutions, one channel of the input at a time.
+an average-pooling; overlapping or padded windows (ResNet's 3×3, stride 2) are taken one window
+position at a time: a strided slice of the input per position, and the shares put back by
+stride residue (ResNet50, batch 8: 9 ms where one-hot convolutions of each channel took 75).
 """
 
 import keras
 import numpy as np
 from keras import ops
 
-from tf_dtd.relevance.engine import after, vjp
+from tf_dtd.relevance.engine import add_all, after
 from tf_dtd.relevance.forward_copy import ForwardCopy
 
 __all__ = ["MaxPoolRelevance"]
@@ -81,39 +82,7 @@ class MaxPoolRelevance(ForwardCopy, keras.layers.Layer):
         # (TensorFlow broadcasts element-wise ops over at most 6 axes: 1D and 2D pooling.)
         if zero_padding is None and pool == strides and not padded and len(pool) <= 2:
             return _disjoint_windows(x, relevance, pool, outputs)
-        # Otherwise every window's K elements as channels: one-hot convolutions of each
-        # channel alone.
-        channels = x.shape[-1]
-        size = int(np.prod(pool))
-        onehot = ops.convert_to_tensor(np.eye(size).reshape(pool + (1, size)), dtype=x.dtype)
-
-        def per_channel(t):  # (B, *S, C) -> (B·C, *S, 1)
-            t = ops.moveaxis(t, -1, 1)
-            return ops.expand_dims(ops.reshape(t, (-1,) + tuple(ops.shape(t)[2:])), -1)
-
-        def patches(t):
-            return ops.conv(t, onehot, strides=strides, padding=layer.padding)
-
-        flat_x = per_channel(x)
-        peak = per_channel(_max_pool(x, layer))
-        inputs = ops.ones_like(flat_x)
-        if zero_padding is not None:  # the padded border holds no inputs
-            inner = [n - a - b for n, (a, b) in zip(spatial, zero_padding)]
-            inputs = ops.pad(ops.ones((1, *inner, 1), x.dtype),
-                             [[0, 0], *[list(pair) for pair in zero_padding], [0, 0]])
-        real = ops.cast(patches(inputs) > 0, x.dtype)  # no padding of either kind competes
-        values = patches(flat_x)
-        ties = ops.cast(ops.equal(values, peak), x.dtype) * real
-        # A window won by padding alone: its relevance goes to its inputs by magnitude.
-        orphan = ops.sum(ties, axis=-1, keepdims=True) == 0
-        by_size = real * ops.abs(values)
-        by_size = ops.where(ops.sum(by_size, axis=-1, keepdims=True) > 0, by_size, real)
-        weights = ops.where(orphan, by_size, ties)
-        shares = weights * ops.divide_no_nan(per_channel(relevance),
-                                             ops.sum(weights, axis=-1, keepdims=True))
-        _, _, (spread,) = vjp(patches, [flat_x], shares)
-        spread = ops.reshape(spread, (-1, channels) + tuple(ops.shape(x)[1:-1]))
-        return ops.moveaxis(spread, 1, -1)
+        return _overlapping_windows(x, relevance, layer, pool, strides, outputs, zero_padding)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[0])
@@ -145,6 +114,113 @@ def _disjoint_windows(x, relevance, pool, outputs):
     left_over = [[0, 0], *[[0, n - o * p] for n, o, p in zip(x.shape[1:-1], outputs, pool)],
                  [0, 0]]  # rows a "valid" pooling never reads
     return ops.pad(shares, left_over) if any(pair[1] for pair in left_over) else shares
+
+
+def _overlapping_windows(x, relevance, layer, pool, strides, outputs, zero_padding):
+    """Max-pooling relevance for any windows: the cells at each of the ``prod(pool)`` positions
+    in a window are one slice of the input (one cell per window), compared with the window's
+    maximum element-wise; the shares go back to the input through :func:`_put_back`."""
+    spatial = tuple(x.shape[1:-1])
+    same = [(0, 0)] * len(pool)
+    if layer.padding == "same":  # TensorFlow's: the extra row or column after
+        totals = [max((o - 1) * s + p - n, 0)
+                  for n, p, s, o in zip(spatial, pool, strides, outputs)]
+        same = [(t // 2, t - t // 2) for t in totals]
+    # Which cells hold inputs: neither "same" padding nor a ZeroPadding border competes.
+    real = np.zeros(spatial, bool)
+    if zero_padding is None:
+        real[:] = True
+    else:
+        real[tuple(slice(a, n - b) for n, (a, b) in zip(spatial, zero_padding))] = True
+    real = np.pad(real, same)
+    peak = _max_pool(x, layer)
+    # The cells of every window at one offset: a slice of the input split by stride residue
+    # (``(B, *L, *s, C)`` moved to ``(B, *s, *L, C)``: unit-stride slices, not strided ones).
+    shifts = [(p - 1) // s + 1 for p, s in zip(pool, strides)]
+    lengths = [o + q - 1 for o, q in zip(outputs, shifts)]
+    by_residue = _by_residue(x, same, lengths, strides)
+    real_by_residue = _by_residue(real[None, ..., None], [(0, 0)] * len(pool), lengths, strides)
+
+    def window(tensor, offset):  # the cell at ``offset`` of every window
+        return tensor[(slice(None),) + tuple(d % s for d, s in zip(offset, strides))
+                      + tuple(slice(d // s, d // s + o) for d, s, o in
+                              zip(offset, strides, outputs))]
+
+    offsets = list(np.ndindex(*pool))
+    values, weights, inside = [], [], []
+    for offset in offsets:
+        cells = window(real_by_residue, offset)
+        values.append(window(by_residue, offset))
+        inside.append(None if cells.all() else ops.convert_to_tensor(cells, x.dtype))
+        tie = ops.cast(ops.equal(values[-1], peak), x.dtype)
+        weights.append(tie if inside[-1] is None else tie * inside[-1])
+    total = add_all(weights)
+    if zero_padding is not None:
+        # A window won by padding alone (its real inputs all negative, as behind ResNetV2's
+        # linear convolution): its relevance goes to its inputs by magnitude, evenly where they
+        # are all zero. Behind a ReLU no window is, and the cond skips the work.
+        def with_orphans():
+            orphan = ops.equal(total, 0)
+            sizes = [ops.abs(v) if m is None else ops.abs(v) * m for v, m in zip(values, inside)]
+            size = add_all(sizes)
+            by_size = ops.greater(size, 0)
+            ones = [ops.ones_like(total) if m is None else m for m in inside]
+            return ([ops.where(orphan, ops.where(by_size, b, o), w)
+                     for w, b, o in zip(weights, sizes, ones)],
+                    ops.where(orphan, ops.where(by_size, size, add_all(ones)), total))
+
+        weights, total = ops.cond(ops.any(ops.equal(total, 0)), with_orphans,
+                                  lambda: (weights, total))
+    share = ops.divide_no_nan(relevance, total)
+    spread = _put_back([w * share for w in weights], offsets, strides, lengths, real.shape)
+    return spread[(slice(None),) + tuple(slice(a, n + a) for n, (a, _) in zip(spatial, same))]
+
+
+def _by_residue(x, same, lengths, strides):
+    """``x`` (NumPy or a tensor, ``(B, *S, C)``) with ``same`` padding, cropped or padded at
+    the end to ``lengths · strides``, as ``(B, *strides, *lengths, C)``."""
+    module = np if isinstance(x, np.ndarray) else ops
+    rank = len(strides)
+    spatial = x.shape[1:-1]
+    covered = [n * s for n, s in zip(lengths, strides)]
+    ends = [[a, max(c - n - a, 0)] for n, (a, _), c in zip(spatial, same, covered)]
+    if any(map(any, ends)):
+        x = module.pad(x, [[0, 0], *ends, [0, 0]])
+    x = x[(slice(None),) + tuple(slice(0, c) for c in covered)]
+    if all(s == 1 for s in strides):
+        return module.reshape(x, (-1, *([1] * rank), *lengths, x.shape[-1]))
+    split = module.reshape(x, (-1, *[n for pair in zip(lengths, strides) for n in pair],
+                               x.shape[-1]))
+    order = [0] + [2 + 2 * k for k in range(rank)] + [1 + 2 * k for k in range(rank)]
+    return module.transpose(split, order + [1 + 2 * rank])
+
+
+def _put_back(parts, offsets, strides, lengths, size):
+    """The input-sized (``size``) sum of ``parts`` (one per window offset, shaped like the
+    output), each element at the input cell it came from: cell ``o·s + d`` for output ``o`` and
+    offset ``d``. Offsets with the same residue ``d mod s`` fill one grid of ``lengths`` (shifted
+    by ``d // s``); the grids interleave into the input by a reshape (:func:`_by_residue`
+    undone)."""
+    rank = len(strides)
+    grids = {}
+    for part, offset in zip(parts, offsets):
+        residue = tuple(d % s for d, s in zip(offset, strides))
+        pads = [[d // s, n - part.shape[1 + k] - d // s]
+                for k, (d, s, n) in enumerate(zip(offset, strides, lengths))]
+        placed = ops.pad(part, [[0, 0], *pads, [0, 0]]) if any(map(any, pads)) else part
+        grids[residue] = placed if residue not in grids else grids[residue] + placed
+    zeros = ops.zeros_like(next(iter(grids.values())))
+    channels = parts[0].shape[-1]
+    stacked = ops.stack([grids.get(r, zeros) for r in np.ndindex(*strides)], axis=-2)
+    if any(s > 1 for s in strides):
+        stacked = ops.reshape(stacked, (-1, *lengths, *strides, channels))
+        order = [0] + [axis for k in range(rank) for axis in (1 + k, 1 + rank + k)]
+        stacked = ops.transpose(stacked, order + [1 + 2 * rank])
+    covered = [n * s for n, s in zip(lengths, strides)]
+    result = ops.reshape(stacked, (-1, *covered, channels))
+    result = result[(slice(None),) + tuple(slice(0, min(c, n)) for c, n in zip(covered, size))]
+    extra = [[0, max(n - c, 0)] for c, n in zip(covered, size)]
+    return ops.pad(result, [[0, 0], *extra, [0, 0]]) if any(e for _, e in extra) else result
 
 
 def _max_pool(x, layer):
