@@ -162,6 +162,9 @@ def _window_reference(x, arriving, pool, strides, padding, zero_padding=None):
     (1, (3,), (2,), "same", None, False),
     (1, (2,), (1,), "valid", None, True),
     (3, (2, 2, 2), (2, 1, 2), "same", None, False),
+    (2, (3, 3), (1, 1), "same", None, False),       # Inception's 3×3, stride 1
+    (2, (2, 3), (3, 2), "same", None, True),        # gaps on one axis, overlap on the other
+    (3, (3, 2, 2), (2, 2, 1), "valid", None, True),
 ])
 def test_max_pooling_windows_match_a_loop(rank, pool, strides, padding, zero_padding,
                                           channels_first):
