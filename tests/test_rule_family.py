@@ -127,6 +127,29 @@ def test_alpha_beta_nonnegative_input_equals_signed_form(name, use_bias, rule):
     assert_close(signed, fast)
 
 
+@pytest.mark.parametrize("gamma", [0.25, 1.0])
+@pytest.mark.parametrize("use_bias", [False, True])
+@pytest.mark.parametrize("name", LAYER_CASES)
+def test_gamma_nonnegative_input_matches_reference(name, use_bias, gamma):
+    """Inputs known ≥ 0 take the by-sign form: a·w read from the forward pass, one extra map
+    on w⁺ for units of both signs ((1 + γ)·a·w − γ·a·w⁺ where z_j < 0). Same float64 reference
+    as the signed form, on units of both signs."""
+    _, kernel, bias, m, b, _ = setup_case(name, use_bias)
+    x, r = make_data(name, seed=13)
+    x = np.abs(x)
+    x[0].flat[::3] = 0.0
+    z_j = flat(x) @ m + b
+    assert np.any(z_j > 0) and np.any(z_j < 0)
+    r = mask_ill_conditioned(flat(r), flat(x), m, b, 1e-3).astype("float32").reshape(r.shape)
+    layer = relevance_layer(name, rules.Gamma(gamma), kernel, bias, nonnegative_input=True)
+    assert layer.rule.parts(nonnegative_input=True)[0].by_sign is not None  # the fast form
+    fast = np.asarray(layer([x, r]))
+    expected = ref_gamma(flat(x), m, b, flat(r), gamma).reshape(x.shape)
+    assert_close(fast, expected)
+    signed = np.asarray(relevance_layer(name, rules.Gamma(gamma), kernel, bias)([x, r]))
+    assert_close(signed, fast)
+
+
 def test_alpha_beta_bias_goes_to_its_own_denominator():
     """Hand-computed Dense: b⁺ only enlarges z⁺, b⁻ only z⁻ (never the other part)."""
     kernel = np.array([[2.0, 1.0], [-1.0, -3.0]], "float32")  # 2 inputs, 2 outputs

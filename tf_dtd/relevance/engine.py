@@ -175,6 +175,9 @@ class LinearRelevance(ReceptiveFieldSpread, keras.layers.Layer):
                 share = ops.where(keep, relevance, ops.zeros_like(relevance))
             if part.terms == rules_lib.FLAT_TERMS:
                 sent = self._spread_flat(xs, share, constants)
+            elif part.by_sign is not None:
+                output = plain() if output is None else output
+                sent = self._by_sign(part, xs, share, constants, param, kernel, bias, output)
             else:
                 reuse = plain() if part.is_output and z is not None else None
                 sent = self._part(part, xs, share, constants, param, bias, reuse)
@@ -222,6 +225,36 @@ class LinearRelevance(ReceptiveFieldSpread, keras.layers.Layer):
             return [p + f for p, f in zip(placed, spread(xs, lost, constants))]
 
         return ops.cond(ops.any(dead), with_unplaced, lambda: placed)
+
+    def _by_sign(self, part, xs, share, constants, param, kernel, bias, output):
+        """A part with ``by_sign`` (see :class:`tf_dtd.rules.base.Part`): coefficients and bias
+        chosen per unit by the sign of the plain ``output``; the plain term from the forward."""
+        positive_coefficients, negative_coefficients, (bias_positive, bias_negative) = part.by_sign
+        positive = output >= 0
+        coefficients = [ops.where(positive, p, n)
+                        for p, n in zip(positive_coefficients, negative_coefficients)]
+        names = sorted({term.input for term in part.terms})
+        variants = {name: self._variant(name, xs, constants) for name in names}
+        plain = output if bias is None else self.add_bias(output, -bias)
+        total = add_all(
+            c * (plain if t.input == "x" and param(t.kernel) is kernel
+                 else self.linear(variants[t.input], param(t.kernel)))
+            for t, c in zip(part.terms, coefficients))
+        if bias is not None:
+            total = ops.where(positive, self.add_bias(total, param(bias_positive)),
+                              self.add_bias(total, param(bias_negative)))
+        count = len(xs)
+
+        def forward(*tensors):  # only its transpose is used: graph pruning drops the maps
+            by_name = {name: list(tensors[i * count:(i + 1) * count])
+                       for i, name in enumerate(names)}
+            return add_all(c * self.linear(by_name[t.input], param(t.kernel))
+                           for t, c in zip(part.terms, coefficients))
+
+        flat = [v for name in names for v in variants[name]]
+        flat, _, grads = vjp(forward, flat, ops.divide_no_nan(share, total))
+        products = [v * g for v, g in zip(flat, grads)]
+        return [add_all(products[i::count]) for i in range(count)]
 
     def _forward(self, part, xs, constants, param, bias):
         """The part's input variants (flat list), its map ``forward(*variants) -> z``, and

@@ -75,6 +75,11 @@ class Part:
             receptive field (a unit driven by its bias alone) instead of losing it.
         is_output: the denominator is the layer's own output ``z_j`` (the plain map with its own
             bias), which the forward pass already computed.
+        by_sign: ``((c⁺_1, …), (c⁻_1, …), (bias⁺, bias⁻))`` or None: the contributions are
+            ``c_t · f(input_t, kernel_t)`` with the coefficients ``c⁺`` where the plain output
+            ``z_j`` is ≥ 0 and ``c⁻`` where it is < 0, and the bias key ``bias⁺`` / ``bias⁻``
+            likewise (``bias`` is then unused). A term of the plain input and kernel is read from
+            the forward pass (``z_j − b_j``), so only the other terms cost a convolution.
     """
 
     terms: tuple
@@ -85,6 +90,7 @@ class Part:
     where: str = None
     fallback: bool = False
     is_output: bool = False
+    by_sign: tuple = None
 
 
 class Rule:

@@ -123,6 +123,8 @@ class Gamma(Rule):
     gamma: float = 0.25
 
     _params = {
+        "w": lambda rule, k, b: k,
+        "w_pos": _positive,
         "w_agree_pos": lambda rule, k, b: k + rule.gamma * ops.maximum(k, 0),
         "w_agree_neg": lambda rule, k, b: k + rule.gamma * ops.minimum(k, 0),
         "b_agree_pos": lambda rule, k, b: b + rule.gamma * ops.maximum(b, 0),
@@ -137,11 +139,13 @@ class Gamma(Rule):
         if self.gamma == 0:  # LRP-0 exactly (and as cheaply)
             return (Part((Term("x", "w_agree_pos"),), bias="b_agree_pos", is_output=True),)
         if nonnegative_input:
-            positive = (Term("x", "w_agree_pos"),)
-            negative = (Term("x", "w_agree_neg"),)
-        else:
-            positive = Term("x_pos", "w_agree_pos"), Term("x_neg", "w_agree_neg")
-            negative = Term("x_pos", "w_agree_neg"), Term("x_neg", "w_agree_pos")
+            # a·(w + γw⁺) = a·w + γ·a·w⁺ and a·(w + γw⁻) = (1 + γ)·a·w − γ·a·w⁺: a·w is the
+            # forward pass's, so one extra convolution serves both signs.
+            g = self.gamma
+            return (Part((Term("x", "w"), Term("x", "w_pos")),
+                         by_sign=((1.0, g), (1.0 + g, -g), ("b_agree_pos", "b_agree_neg"))),)
+        positive = Term("x_pos", "w_agree_pos"), Term("x_neg", "w_agree_neg")
+        negative = Term("x_pos", "w_agree_neg"), Term("x_neg", "w_agree_pos")
         return (Part(positive, bias="b_agree_pos", where="positive"),
                 Part(negative, bias="b_agree_neg", where="negative"))
 
