@@ -230,6 +230,9 @@ class LinearRelevance(ReceptiveFieldSpread, keras.layers.Layer):
         """A part with ``by_sign`` (see :class:`tf_dtd.rules.base.Part`): coefficients and bias
         chosen per unit by the sign of the plain ``output``; the plain term from the forward."""
         positive_coefficients, negative_coefficients, (bias_positive, bias_negative) = part.by_sign
+        # Everything below waits for the relevance: the coefficients and masks need only the
+        # forward output, and TensorFlow would make (and hold) them right after the forward pass.
+        output = after(share, output)
         positive = output >= 0
         coefficients = [ops.where(positive, p, n)
                         for p, n in zip(positive_coefficients, negative_coefficients)]
