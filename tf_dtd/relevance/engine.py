@@ -177,7 +177,9 @@ class LinearRelevance(ReceptiveFieldSpread, keras.layers.Layer):
                 sent = self._spread_flat(xs, share, constants)
             elif part.by_sign is not None:
                 output = plain() if output is None else output
-                sent = self._by_sign(part, xs, share, constants, param, kernel, bias, output)
+                shared = len(xs) == 1 and self.channel_window(xs[0].shape) is not None
+                by_sign = self._by_sign if shared else self._by_sign_apart
+                sent = by_sign(part, xs, share, constants, param, kernel, bias, output)
             else:
                 reuse = plain() if part.is_output and z is not None else None
                 sent = self._part(part, xs, share, constants, param, bias, reuse)
@@ -258,6 +260,24 @@ class LinearRelevance(ReceptiveFieldSpread, keras.layers.Layer):
         flat, _, grads = vjp(forward, flat, ops.divide_no_nan(share, total))
         products = [v * g for v, g in zip(flat, grads)]
         return [add_all(products[i::count]) for i in range(count)]
+
+    def _by_sign_apart(self, part, xs, share, constants, param, kernel, bias, output):
+        """A ``by_sign`` part as one part per sign, each on its combined kernel ``Σ_t c_t·k_t``
+        (the terms read one input variant): where a map costs less than the element-wise work
+        of sharing it (depthwise and grouped convolutions, maps of several inputs; MobileNetV2
+        γ, batch 8: 0.16 s like this, 0.19–0.20 s shared)."""
+        (name,) = {term.input for term in part.terms}
+        result = None
+        for coefficients, key, keep in zip(part.by_sign[:2], part.by_sign[2],
+                                           (output >= 0, output < 0)):
+            combined = {"kernel": add_all(c * param(t.kernel)
+                                          for t, c in zip(part.terms, coefficients)),
+                        "bias": param(key) if bias is not None else None}
+            sent = self._part(rules_lib.Part((rules_lib.Term(name, "kernel"),), bias="bias"),
+                              xs, ops.where(keep, share, ops.zeros_like(share)), constants,
+                              combined.get, bias, None)
+            result = sent if result is None else [r + s for r, s in zip(result, sent)]
+        return result
 
     def _forward(self, part, xs, constants, param, bias):
         """The part's input variants (flat list), its map ``forward(*variants) -> z``, and
