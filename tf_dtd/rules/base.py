@@ -78,8 +78,10 @@ class Part:
         by_sign: ``((c⁺_1, …), (c⁻_1, …), (bias⁺, bias⁻))`` or None: the contributions are
             ``c_t · f(input_t, kernel_t)`` with the coefficients ``c⁺`` where the plain output
             ``z_j`` is ≥ 0 and ``c⁻`` where it is < 0, and the bias key ``bias⁺`` / ``bias⁻``
-            likewise (``bias`` is then unused). A term of the plain input and kernel is read from
-            the forward pass (``z_j − b_j``), so only the other terms cost a convolution.
+            likewise (``bias`` is then unused). Where every output reads all input channels, a
+            term of the plain input and kernel is read from the forward pass (``z_j − b_j``), so
+            only the other terms cost a convolution; elsewhere (depthwise, several inputs; the
+            terms then read one input variant) each sign is one map on ``Σ_t c_t·kernel_t``.
     """
 
     terms: tuple
