@@ -248,18 +248,16 @@ class LinearRelevance(ReceptiveFieldSpread, keras.layers.Layer):
         if bias is not None:
             total = ops.where(positive, self.add_bias(total, param(bias_positive)),
                               self.add_bias(total, param(bias_negative)))
-        count = len(xs)
-
-        def forward(*tensors):  # only its transpose is used: graph pruning drops the maps
-            by_name = {name: list(tensors[i * count:(i + 1) * count])
-                       for i, name in enumerate(names)}
-            return add_all(c * self.linear(by_name[t.input], param(t.kernel))
-                           for t, c in zip(part.terms, coefficients))
-
-        flat = [v for name in names for v in variants[name]]
-        flat, _, grads = vjp(forward, flat, ops.divide_no_nan(share, total))
-        products = [v * g for v, g in zip(flat, grads)]
-        return [add_all(products[i::count]) for i in range(count)]
+        quotient = ops.divide_no_nan(share, total)
+        # One transpose per term, its coefficient on the cotangent: a product inside the tape
+        # would take the map's output shape, and where the batch size is unknown (a model
+        # traced for two batch sizes) that shape keeps the map itself from being pruned.
+        products = []
+        for t, c in zip(part.terms, coefficients):
+            inputs, _, grads = vjp(lambda *v, k=param(t.kernel): self.linear(list(v), k),
+                                   variants[t.input], c * quotient)
+            products.append([v * g for v, g in zip(inputs, grads)])
+        return [add_all(per_input) for per_input in zip(*products)]
 
     def _by_sign_apart(self, part, xs, share, constants, param, kernel, bias, output):
         """A ``by_sign`` part as one part per sign, each on its combined kernel ``Σ_t c_t·k_t``
