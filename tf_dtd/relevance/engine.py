@@ -300,9 +300,8 @@ class LinearRelevance(ReceptiveFieldSpread, keras.layers.Layer):
             return with_bias(add_all(self.linear(by_name[t.input], param(t.kernel))
                                     for t in part.terms))
 
-        def gather(products):
-            return [add_all(products[i::count]) if products[i::count] else ops.zeros_like(x)
-                    for i, x in enumerate(xs)]
+        def gather(products):  # every input name gives one variant per input
+            return [add_all(products[i::count]) for i in range(count)]
 
         return variants, forward, gather
 
