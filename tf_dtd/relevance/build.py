@@ -1,8 +1,10 @@
 """Build the relevance model from a :class:`~tf_dtd.relevance.plan.Plan`.
 
-The forward half is the canonical copy itself. :func:`build` walks its nodes backwards and calls
-each step's handler; relevance arriving at one tensor from several consumers is summed. No layer
-class is special-cased here: what each node needs was decided in the plan.
+The forward half is the canonical copy itself. :func:`build` makes each step's relevance layer
+(its handler), then walks the nodes backwards calling them; relevance arriving at one tensor from
+several consumers is summed. No layer class is special-cased here: what each node needs was
+decided in the plan. An activation output a relevance layer reads is computed again from the
+activation's input where that input is held for the pass anyway (:mod:`tf_dtd.relevance.recompute`).
 """
 
 import dataclasses
@@ -16,6 +18,7 @@ from tf_dtd.errors import InvalidArgumentError, UnsupportedModelError, describe
 from tf_dtd.model import analysis
 from tf_dtd.model.batch import TrimBatch
 from tf_dtd.relevance.endpoints import InputConstant, TargetRelevance
+from tf_dtd.relevance.recompute import RECOMPUTED_LAYERS, AfterRelevance
 
 __all__ = ["Built", "build", "assemble"]
 
@@ -154,11 +157,15 @@ class _Walk:
         self.graph = plan.graph
         self.namer = namer
         self.producers = self.graph.producers()
+        self.step_of = {step.node.outputs[0]: index for index, step in enumerate(plan.steps)}
+        self.recomputed = {}
         self.constants = {}
         self.at_output, self.sent, self.reverse, self.calls = {}, {}, {}, {}
 
     def run(self, start):
         """Relevance at the graph input, starting from ``start`` at its output."""
+        for index, step in enumerate(self.plan.steps):
+            self.reverse[index] = self.reverse_layer(step)
         incoming = {self.graph.output_id: [start]}
         for index in reversed(range(len(self.plan.steps))):
             step = self.plan.steps[index]
@@ -181,13 +188,40 @@ class _Walk:
             return tensors[0]
         return keras.layers.Add(name=self.namer(name), dtype=self.plan.dtype)(tensors)
 
+    @staticmethod
+    def reverse_layer(step):
+        """The layer that carries relevance back through ``step`` (``None``: passed)."""
+        if isinstance(step.rule, rules_lib.Pass):
+            return None
+        return step.layer_type.handler(step.node.layer, step.rule, step.context)
+
+    def forward_input(self, tensor_id, relevance):
+        """The forward tensor ``tensor_id`` as a relevance layer reads it: the output of an
+        activation whose input ``z`` the pass holds anyway (the layer before reads its own
+        output) is computed again from ``z`` when ``relevance`` arrives (see
+        :mod:`tf_dtd.relevance.recompute`)."""
+        tensor = self.graph.tensors[tensor_id]
+        index = self.step_of.get(tensor_id)
+        if index is None or tensor_id in self.recomputed:
+            return self.recomputed.get(tensor_id, tensor)
+        step = self.plan.steps[index]
+        if self.reverse[index] is not None or not isinstance(step.layer, RECOMPUTED_LAYERS):
+            return tensor
+        (z_id,) = step.node.inputs
+        before = self.step_of.get(z_id)
+        reads = getattr(self.reverse.get(before), "reads_output", None)
+        if before is None or reads is None or not reads():
+            return tensor
+        z = AfterRelevance(name=self.namer(f"{step.layer.name}_input_again"))(
+            [self.graph.tensors[z_id], relevance])
+        self.recomputed[tensor_id] = step.layer(z)
+        return self.recomputed[tensor_id]
+
     def step_relevance(self, index, step, relevance):
         node = step.node
+        reverse = self.reverse[index]
         if isinstance(step.rule, rules_lib.Pass):
-            self.reverse[index] = None
             return [self.passed(step, relevance)]
-        reverse = step.layer_type.handler(node.layer, step.rule, step.context)
-        self.reverse[index] = reverse
         if reverse is None:
             return [self.passed(step, relevance, handler=True)]
         wanted = tuple(getattr(reverse, "constant_inputs", ()))
@@ -197,7 +231,7 @@ class _Walk:
                 f"{wanted}, but only {step.context.input_constants} are available there."
             )
         constants = [self.constant(node.inputs[0], step.rule, key) for key in wanted]
-        forward_inputs = [self.graph.tensors[i] for i in node.inputs]
+        forward_inputs = [self.forward_input(i, relevance) for i in node.inputs]
         output = ([self.graph.tensors[node.outputs[0]]]
                   if getattr(reverse, "reuses_output", False) else [])
         self.calls[index] = [*forward_inputs, *output, relevance, *constants]

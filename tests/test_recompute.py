@@ -1,0 +1,95 @@
+"""Activations recomputed in the relevance pass: where the builder does it, and the result.
+
+A layer under LRP-ε reads its input ``x = act(z)`` and its own output; where the layer before
+reads its ``z`` too, the relevance model recomputes ``act(z)`` when relevance arrives rather
+than holding both tensors from the forward pass (tf_dtd.relevance.recompute).
+"""
+
+import keras
+import numpy as np
+import pytest
+
+import tf_dtd
+from tf_dtd import rules
+from tf_dtd.relevance.recompute import AfterRelevance
+
+L = keras.layers
+EPSILON = 0.25
+
+
+def _model():
+    keras.utils.set_random_seed(3)
+    x = keras.Input((5,))
+    h = L.Dense(7, activation="elu", name="first")(x)
+    h = L.Dense(6, name="second")(h)
+    h = L.LeakyReLU(negative_slope=0.2, name="leaky")(h)
+    h = L.Dense(6, activation="relu", name="third")(h)
+    return keras.Model(x, L.Dense(3, name="head")(h))
+
+
+def _recomputed(relevance_model):
+    """Names of the activations the relevance model computes again."""
+    return sorted(layer.name.removesuffix("_input_again") for layer in relevance_model.layers
+                  if isinstance(layer, AfterRelevance))
+
+
+def _epsilon_reference(model, x):
+    """float64 LRP-ε (ε on every layer, LRP-0's ``z_j`` plus ``ε·sign z_j``) of the top logit,
+    written out: the forward pass with explicit activations, then ``R_i = Σ_j a_i w_ij / z_j R_j``
+    layer by layer."""
+    def weights(name):
+        kernel, bias = model.get_layer(name).get_weights()
+        return kernel.astype("float64"), bias.astype("float64")
+
+    activations = [
+        lambda z: np.where(z > 0, z, np.expm1(np.minimum(z, 0))),  # elu
+        lambda z: np.where(z > 0, z, 0.2 * z),  # leaky relu
+        lambda z: np.maximum(z, 0),  # relu
+        lambda z: z,
+    ]
+    a, inputs, outputs = x.astype("float64"), [], []
+    for name, act in zip(["first", "second", "third", "head"], activations):
+        kernel, bias = weights(name)
+        inputs.append((a, kernel))
+        z = a @ kernel + bias
+        outputs.append(z + EPSILON * np.where(z >= 0, 1.0, -1.0))
+        a = act(z)
+    target = a.argmax(axis=1)
+    relevance = np.zeros_like(a)
+    relevance[np.arange(len(a)), target] = a[np.arange(len(a)), target]
+    for (a_in, kernel), stabilized in zip(reversed(inputs), reversed(outputs)):
+        relevance = a_in * ((relevance / stabilized) @ kernel.T)
+    return relevance
+
+
+def test_epsilon_recomputes_the_activations_it_reads():
+    relevance_model = tf_dtd.relevance_model(_model(), rules.Epsilon(EPSILON))
+    # every activation between two layers that read their outputs; the pixels are no activation
+    assert _recomputed(relevance_model) == ["first_activation", "leaky", "third_activation"]
+
+
+@pytest.mark.parametrize("preset", ["deep_taylor_bounded", "lrp_alpha_1_beta_0"])
+def test_rules_that_do_not_read_the_output_hold_the_activation(preset):
+    """z⁺ and z^B read only the input: the forward activation is what the pass holds."""
+    relevance_model = tf_dtd.relevance_model(_model(), preset, input_range=(-3.0, 3.0))
+    assert _recomputed(relevance_model) == []
+
+
+def test_recomputed_epsilon_matches_a_float64_reference():
+    model = _model()
+    x = np.random.default_rng(4).normal(size=(6, 5)).astype("float32")
+    actual = tf_dtd.relevance_model(model, rules.Epsilon(EPSILON)).predict(x, verbose=0)
+    expected = _epsilon_reference(model, x)
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
+def test_recomputed_model_saves_and_loads(tmp_path):
+    """The activation layer is called twice in the relevance model; .keras keeps both calls."""
+    model = _model()
+    x = np.random.default_rng(5).normal(size=(4, 5)).astype("float32")
+    relevance_model = tf_dtd.relevance_model(model, rules.Epsilon(EPSILON))
+    path = str(tmp_path / "epsilon.keras")
+    relevance_model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0),
+                                  relevance_model.predict(x, verbose=0))

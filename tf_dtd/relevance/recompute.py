@@ -1,0 +1,40 @@
+"""Activations recomputed in the relevance pass instead of held from the forward pass.
+
+A relevance layer reads its forward input ``x``; LRP-ε (and every rule with a part whose
+denominator is the layer's own output, or that looks at its sign) also reads the layer's output
+``z``. Where ``x`` is an activation of the ``z`` of the layer before (``x = relu(z)``), holding
+both from the forward pass to the relevance pass doubles what the pass holds. The builder
+(:mod:`tf_dtd.relevance.build`) then feeds the relevance layer ``activation(z)`` computed again
+once relevance reaches it (:class:`AfterRelevance`): an element-wise op, and ``x`` is freed
+as soon as the forward pass has used it.
+"""
+
+import keras
+
+from tf_dtd.relevance.engine import after
+
+__all__ = ["AfterRelevance", "RECOMPUTED_LAYERS"]
+
+# Element-wise activation layers without state: calling one again gives the same values.
+RECOMPUTED_LAYERS = (keras.layers.Activation, keras.layers.ReLU, keras.layers.LeakyReLU,
+                     keras.layers.ELU)
+
+
+@keras.saving.register_keras_serializable(package="tf_dtd")
+class AfterRelevance(keras.layers.Layer):
+    """``[values, relevance] -> values``, computed no earlier than ``relevance``.
+
+    Without it TensorFlow would recompute an activation as soon as its input exists (right
+    after the forward pass) and hold it until relevance reaches the layer that reads it.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("autocast", False)  # keep each tensor's dtype
+        super().__init__(**kwargs)
+
+    def call(self, inputs):
+        values, relevance = inputs
+        return after(relevance, values)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
