@@ -19,8 +19,9 @@ A framework plugs in through an *adapter*: an object with
 - ``device_memory()``: ``None`` on CPU, else an object with ``reset() -> bytes in use`` and
   ``peak() -> peak bytes since the reset``.
 
-In a timing worker the baseline explains its own instance of the model (same weights). Work is
-done in fresh processes (``python -m <module> --worker TASK``): one *timing* worker per
+A *probe* worker starts first and builds every model once (the weights cache). In a timing
+worker the baseline explains its own instance of the model (same weights). Work is done in
+fresh processes (``python -m <module> --worker TASK``): one *timing* worker per
 model and XLA setting (every method and batch, interleaved with the baseline, see
 :mod:`benchmarks.protocol`), and one *fresh* worker per (model, batch, method) and per (model,
 batch) for the baseline, which measures the first call (set-up + trace + first batch) and the
@@ -151,6 +152,15 @@ def fresh_worker(adapter, task):
     return result
 
 
+def probe_worker(adapter, task):
+    """Check that the framework starts; build each model once, so that its weights are cached
+    before any fresh worker runs (building them first, BatchNorm calibration included, would
+    leave its memory in that worker's resident set)."""
+    for model in task.get("models", ()):
+        adapter.build(model, task["settings"])
+    return {}
+
+
 def _all_finite(array):
     import numpy as np
 
@@ -161,7 +171,7 @@ def worker_main(adapter, task_json):
     """Entry of a worker process: run one task, print its result as one marked JSON line."""
     task = json.loads(task_json)
     adapter.configure(task["settings"])
-    kinds = {"timing": timing_worker, "fresh": fresh_worker, "probe": lambda adapter, task: {}}
+    kinds = {"timing": timing_worker, "fresh": fresh_worker, "probe": probe_worker}
     result = kinds[task["kind"]](adapter, task)
     result["environment"] = adapter.environment()
     print(RESULT_MARK + json.dumps(result), flush=True)
@@ -255,7 +265,8 @@ def measure(adapter, module, args, *, python=sys.executable):
     skipped, results = [], {}
     with tempfile.TemporaryDirectory(prefix="tf_dtd_bench_") as cache_dir:
         settings = _settings(args, cache_dir)
-        probe = run_worker(module, {"kind": "probe", "settings": settings},
+        probe = run_worker(module, {"kind": "probe", "settings": settings,
+                                    "models": args.models},
                            timeout=args.worker_timeout, python=python)
         if "error" in probe:
             raise SystemExit(f"The {adapter.framework} worker does not start: {probe['error']}")
