@@ -40,7 +40,7 @@ def _dead(denominator, share):
 
 def _unplaced(denominator, share):
     """The relevance of units whose denominator is exactly zero: no contribution to credit."""
-    return ops.where(_dead(denominator, share), share, ops.zeros_like(share))
+    return ops.where(_dead(denominator, share), share, 0.0)
 
 
 @tf.function(jit_compile=True)
@@ -170,7 +170,9 @@ class LinearRelevance(ReceptiveFieldSpread, keras.layers.Layer):
 
         def plain():
             if z is not None and keras.backend.standardize_dtype(z.dtype) == dtype:
-                return z
+                # Waiting for the relevance: masks and coefficients made from z alone would
+                # otherwise be computed right after the forward pass, and held.
+                return after(relevance, z)
             out = self.linear(xs, kernel)
             return out if bias is None else self.add_bias(out, bias)
 
@@ -183,7 +185,7 @@ class LinearRelevance(ReceptiveFieldSpread, keras.layers.Layer):
             if part.where is not None:
                 output = plain() if output is None else output
                 keep = output >= 0 if part.where == "positive" else output < 0
-                share = ops.where(keep, relevance, ops.zeros_like(relevance))
+                share = ops.where(keep, relevance, 0.0)
             if part.terms == rules_lib.FLAT_TERMS:
                 sent = self._spread_flat(xs, share, constants)
             elif part.by_sign is not None:
@@ -234,7 +236,7 @@ class LinearRelevance(ReceptiveFieldSpread, keras.layers.Layer):
             self._spread_unplaced)
 
         def with_unplaced():
-            lost = ops.where(dead, share, ops.zeros_like(share))
+            lost = ops.where(dead, share, 0.0)
             return [p + f for p, f in zip(placed, spread(xs, lost, constants))]
 
         return ops.cond(ops.any(dead), with_unplaced, lambda: placed)
@@ -243,9 +245,6 @@ class LinearRelevance(ReceptiveFieldSpread, keras.layers.Layer):
         """A part with ``by_sign`` (see :class:`tf_dtd.rules.base.Part`): coefficients and bias
         chosen per unit by the sign of the plain ``output``; the plain term from the forward."""
         positive_coefficients, negative_coefficients, (bias_positive, bias_negative) = part.by_sign
-        # Everything below waits for the relevance: the coefficients and masks need only the
-        # forward output, and TensorFlow would make (and hold) them right after the forward pass.
-        output = after(share, output)
         positive = output >= 0
         coefficients = [ops.where(positive, p, n)
                         for p, n in zip(positive_coefficients, negative_coefficients)]
@@ -283,7 +282,7 @@ class LinearRelevance(ReceptiveFieldSpread, keras.layers.Layer):
                                           for t, c in zip(part.terms, coefficients)),
                         "bias": param(key) if bias is not None else None}
             sent = self._part(rules_lib.Part((rules_lib.Term(name, "kernel"),), bias="bias"),
-                              xs, ops.where(keep, share, ops.zeros_like(share)), constants,
+                              xs, ops.where(keep, share, 0.0), constants,
                               combined.get, bias, None)
             result = sent if result is None else [r + s for r, s in zip(result, sent)]
         return result

@@ -165,7 +165,8 @@ def _overlapping_windows(x, relevance, layer, pool, strides, outputs, zero_paddi
             sizes = [ops.abs(v) if m is None else ops.abs(v) * m for v, m in zip(values, inside)]
             size = add_all(sizes)
             by_size = ops.greater(size, 0)
-            ones = [ops.ones_like(total) if m is None else m for m in inside]
+            ones = [1.0 if m is None else m for m in inside]  # scalars: no constant of
+            # the batch's shape for the traced function to hold
             return ([ops.where(orphan, ops.where(by_size, b, o), w)
                      for w, b, o in zip(weights, sizes, ones)],
                     ops.where(orphan, ops.where(by_size, size, add_all(ones)), total))

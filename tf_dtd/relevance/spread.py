@@ -76,12 +76,14 @@ class ReceptiveFieldSpread:
         if any(m is not None for m in masks):
             return self._spread_unplaced_in_one(xs, share, constants)
         # Without padding constants the even count is the same for every sample: it is counted
-        # on one, and only its transpose runs on the batch (the count map's forward on ``ones``
-        # is unused, and graph pruning drops it).
+        # on one, and only its transpose runs on the batch. A linear map's transpose does not
+        # depend on the point it is taken at: ``xs`` serve (the count map's forward on them is
+        # unused, and graph pruning drops it; ``ones_like`` of the batch's shape would be a
+        # constant the traced function holds).
         by_size, left = self._spread(
             [x if self.nonnegative_input else ops.abs(x) for x in xs], share)
         even = ops.cast(self.flat([ops.ones_like(x[:1]) for x in xs])[0], share.dtype)
-        spread_evenly = self.flat([ops.ones_like(x) for x in xs])[1]
+        spread_evenly = self.flat(list(xs))[1]
         evenly = spread_evenly(ops.divide_no_nan(left, even))
         return [b + e for b, e in zip(by_size, evenly)]
 
@@ -95,7 +97,7 @@ class ReceptiveFieldSpread:
         count, transpose = self.flat(weights)
         count = ops.cast(count, share.dtype)
         by_size, even = count[:count_of], count[count_of:]
-        left = ops.where(ops.equal(by_size, 0), share, ops.zeros_like(share))
+        left = ops.where(ops.equal(by_size, 0), share, 0.0)
         spread = transpose(ops.concatenate(
             [ops.divide_no_nan(share, by_size), ops.divide_no_nan(left, even)], axis=0))
         return [w[:count_of] * s[:count_of] + w[count_of:] * s[count_of:]
@@ -112,16 +114,21 @@ class ReceptiveFieldSpread:
             size = mask * size
         sized = ops.sum(size, axis=axis, keepdims=True)
         if mask is None:
-            real = ops.full_like(sized, x.shape[axis])
+            # Every sample's even count is the same: counted on one (a constant of the batch's
+            # shape would be held by the traced function); ``sized`` stands in for the second
+            # half, whose transpose alone is used.
+            even_count = count_map(ops.full_like(sized[:1], x.shape[axis]))
+            real = sized
         else:
             real = ops.sum(ops.broadcast_to(mask, ops.shape(x)), axis=axis, keepdims=True)
         count_of = ops.shape(x)[0]
 
         def cotangent(counts):  # by |a| (first half), evenly where every |a| is 0 (second)
-            by_size, even = counts[:count_of], counts[count_of:]
-            left = ops.where(ops.equal(by_size, 0), share, ops.zeros_like(share))
+            by_size = counts[:count_of]
+            even_counts = even_count if mask is None else counts[count_of:]
+            left = ops.where(ops.equal(by_size, 0), share, 0.0)
             return ops.concatenate(
-                [ops.divide_no_nan(share, by_size), ops.divide_no_nan(left, even)], axis=0)
+                [ops.divide_no_nan(share, by_size), ops.divide_no_nan(left, even_counts)], axis=0)
 
         spread = vjp(count_map, [ops.concatenate([sized, real], axis=0)], cotangent)[2][0]
         by_size, even = spread[:count_of], spread[count_of:]
@@ -134,7 +141,7 @@ class ReceptiveFieldSpread:
         sizes = [x if self.nonnegative_input else ops.abs(x) for x in xs]
         sizes = [s if m is None else m * s for m, s in zip(masks, sizes)]
         total = sum(sizes[1:], sizes[0])
-        left = ops.where(ops.equal(total, 0), share, ops.zeros_like(share))
+        left = ops.where(ops.equal(total, 0), share, 0.0)
         by_size = ops.divide_no_nan(share, total)
         masked = masks[0] is not None
         even = ops.divide_no_nan(left, sum(masks[1:], masks[0]) if masked else len(xs))
@@ -146,7 +153,7 @@ class ReceptiveFieldSpread:
         count, transpose = self.flat(weights)
         count = ops.cast(count, share.dtype)
         spread = transpose(ops.divide_no_nan(share, count))
-        left = ops.where(ops.equal(count, 0), share, ops.zeros_like(share))
+        left = ops.where(ops.equal(count, 0), share, 0.0)
         return [w * s for w, s in zip(weights, spread)], left
 
     @classmethod
