@@ -5,12 +5,13 @@ therefore never runs its layers on an empty batch. :class:`NonEmptyBatch` sits r
 model input and appends one zero sample to an empty batch (any other batch passes unchanged);
 :class:`TrimBatch` cuts each output back to the batch the model received.
 
-:class:`NonEmptyBatch` also leaves the batch size unknown to the graph behind it. Where a
-function is traced for one batch size (the first ``predict`` call, a SavedModel signature of
-fixed batch), TensorFlow's graph optimiser turns every op whose value follows from shapes alone
-(``zeros_like``, ``ones_like``, a scalar broadcast to a tensor's shape) into a constant, which
-the function then holds between calls: ResNet50 under ``deep_taylor_bounded``, traced for batch
-32, held 870 MB that way (its whole call takes 2.2 GB more than the weights).
+:class:`NonEmptyBatch` also leaves the batch size unknown to the graph as traced behind it.
+Where a function is traced for one batch size (the first ``predict`` call, a SavedModel
+signature of fixed batch), TensorFlow's graph optimiser turns every op whose value follows from
+shapes alone (``zeros_like``, ``ones_like``, a scalar broadcast to a tensor's shape) into a
+constant, which the function then holds between calls: ResNet50 under ``deep_taylor_bounded``,
+traced for batch 32, held 870 MB that way. Some rewrites at run time still see the size, so the
+relevance layers also avoid such ops (``tests/test_graph_constants.py`` checks both).
 """
 
 import keras
