@@ -135,15 +135,15 @@ class LinearRelevance(ReceptiveFieldSpread, keras.layers.Layer):
         return z + bias
 
     def reads_output(self):
-        """Whether the relevance call reads the forward output ``z`` it is given: a part whose
-        denominator is ``z``, or that looks at its sign (see ``reuses_output``)."""
+        """Whether the relevance call reads the forward output ``z`` it is given (see
+        ``reuses_output`` and :attr:`tf_dtd.rules.base.Part.reads_output`)."""
         if not getattr(self, "reuses_output", False) or self.rule is None:
             return False
         if self.relevance_dtype != self.compute_dtype:
             return False  # z is computed again in the relevance dtype
         parts = self.rule.parts(nonnegative_input=self.nonnegative_input,
                                 nonnegative_kernel=self.nonnegative_kernel)
-        return any(p.is_output or p.where is not None or p.by_sign is not None for p in parts)
+        return any(part.reads_output for part in parts)
 
     # --- The engine ---
 

@@ -94,6 +94,12 @@ class Part:
     is_output: bool = False
     by_sign: tuple = None
 
+    @property
+    def reads_output(self):
+        """Whether the part reads the layer's plain output ``z_j``: as its denominator, or for
+        its sign (``where``, ``by_sign``)."""
+        return self.is_output or self.where is not None or self.by_sign is not None
+
 
 class Rule:
     """Base class: a frozen set of hyper-parameters plus the maths of one propagation rule.
