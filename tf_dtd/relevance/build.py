@@ -210,7 +210,7 @@ class _Walk:
         (z_id,) = step.node.inputs
         before = self.step_of.get(z_id)
         reads = getattr(self.reverse.get(before), "reads_output", None)
-        if before is None or reads is None or not reads():
+        if before is None or reads is None or not reads(self.graph.tensors[z_id].dtype):
             return tensor
         z = AfterRelevance(name=self.namer(f"{step.layer.name}_input_again"))(
             [self.graph.tensors[z_id], relevance])

@@ -134,13 +134,18 @@ class LinearRelevance(ReceptiveFieldSpread, keras.layers.Layer):
         """``z`` plus a bias (or a modified bias) of the layer's bias shape."""
         return z + bias
 
-    def reads_output(self):
-        """Whether the relevance call reads the forward output ``z`` it is given (see
-        ``reuses_output`` and :attr:`tf_dtd.rules.base.Part.reads_output`)."""
+    def takes_output(self, dtype):
+        """Whether a forward output ``z`` of ``dtype`` serves as the plain output (else it is
+        computed again in the relevance dtype)."""
+        return keras.backend.standardize_dtype(dtype) == self.relevance_dtype
+
+    def reads_output(self, dtype):
+        """Whether the relevance call reads the forward output ``z`` (of ``dtype``) it is given
+        (see ``reuses_output`` and :attr:`tf_dtd.rules.base.Part.reads_output`)."""
         if not getattr(self, "reuses_output", False) or self.rule is None:
             return False
-        if self.relevance_dtype != self.compute_dtype:
-            return False  # z is computed again in the relevance dtype
+        if not self.takes_output(dtype):
+            return False
         parts = self.rule.parts(nonnegative_input=self.nonnegative_input,
                                 nonnegative_kernel=self.nonnegative_kernel)
         return any(part.reads_output for part in parts)
@@ -169,7 +174,7 @@ class LinearRelevance(ReceptiveFieldSpread, keras.layers.Layer):
             return params[key]
 
         def plain():
-            if z is not None and keras.backend.standardize_dtype(z.dtype) == dtype:
+            if z is not None and self.takes_output(z.dtype):
                 # Waiting for the relevance: masks and coefficients made from z alone would
                 # otherwise be computed right after the forward pass, and held.
                 return after(relevance, z)
