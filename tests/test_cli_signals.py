@@ -139,3 +139,24 @@ def test_signal_during_the_swap_waits_for_it(tmp_path, images, capsys, monkeypat
     assert sorted(os.listdir(out)) == ["image_000.png", "image_001.png", "relevance.npz",
                                        "summary.csv"]  # all of the new run, none of the old
     assert os.listdir(tmp_path) == ["out"]
+
+
+def test_signal_inside_a_finalizer_still_interrupts():
+    """A signal that lands while a ``__del__`` runs (TensorFlow's functions have one, and the
+    garbage collector runs them at any moment) must not be lost: an exception raised there is
+    printed as "Exception ignored" and dropped, and the command ran on (an export sent SIGTERM
+    once did not exit for 120 s)."""
+    from tf_dtd.app.process import Interrupted, SignalsToExceptions
+
+    class SignalsWhenCollected:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)  # the handler runs here, inside __del__
+
+    with pytest.raises(Interrupted) as raised:
+        with SignalsToExceptions():
+            SignalsWhenCollected()  # collected at once
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+    assert raised.value.exit_status == 143

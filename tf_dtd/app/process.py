@@ -4,7 +4,8 @@
   through its clean-up code (so no temporary or partial file stays behind); the command then
   exits with status 128 + the signal number (130, 143). Inside :func:`signals_deferred` a signal
   waits until the section ends, and once the command is unwinding further signals are ignored,
-  so that clean-up always completes.
+  so that clean-up always completes. A signal that lands inside a ``__del__`` (where Python
+  drops exceptions) is sent again a moment later.
 - :func:`import_tensorflow` starts TensorFlow without the lines its native start-up writes to
   stderr (CUDA probing, oneDNN notices, absl's "All log messages before absl::InitializeLog()"),
   which look like errors on a healthy machine. ``--verbose`` shows them.
@@ -16,6 +17,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import traceback
 
 __all__ = ["EXIT_BROKEN_PIPE", "EXIT_BUG", "EXIT_ERROR", "Interrupted", "SignalsToExceptions",
@@ -65,6 +67,11 @@ class SignalsToExceptions:
         if self.deferring:
             self.pending = self.pending or signum
             return
+        if _in_finalizer(frame):
+            # An exception raised inside a __del__ is printed ("Exception ignored in ...") and
+            # dropped, and the command would run on: the signal comes again a moment later.
+            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+            return
         self.unwinding = True
         raise Interrupted(signum)
 
@@ -78,6 +85,15 @@ class SignalsToExceptions:
             if not self.deferring and self.pending and not self.unwinding:
                 self.unwinding = True
                 raise Interrupted(self.pending)
+
+
+def _in_finalizer(frame):
+    """Whether ``frame`` runs inside a ``__del__`` (the garbage collector calls them anywhere)."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
 
 
 @contextlib.contextmanager
