@@ -169,10 +169,13 @@ def test_linear_layer_rule(name, rule_case):
     assert_matches(actual, expected.reshape(x.shape), err.reshape(x.shape))
 
 
-def test_depthwise_spreads_units_no_input_explains(batch=3):
+@pytest.mark.parametrize("nonnegative_input", [False, True], ids=["signed_form", "known_ge_0"])
+def test_depthwise_spreads_units_no_input_explains(nonnegative_input, batch=3):
     """Depthwise units with a zero z⁺ denominator keep their relevance: spread by |a| over the
     window, evenly over its real inputs (padding excluded) where the whole window is zero — the
-    general spread (no channel sum), with the even count taken on one sample."""
+    general spread (no channel sum), with the even count taken on one sample. Both forms of z⁺:
+    a⁺w⁺ + a⁻w⁻, and a·w⁺ where the input is known to be ≥ 0 (the spread by size then shares
+    the product a·(…) with the rule's, and the even spread is added to it)."""
     rng = np.random.default_rng(5)
     in_shape, strides = (7, 6, 2), (2, 2)  # equal: TF's kernel without oneDNN needs it
     kernel = rng.normal(size=(3, 3, 2, 2))
@@ -184,7 +187,8 @@ def test_depthwise_spreads_units_no_input_explains(batch=3):
     r = rng.uniform(0.5, 1.5, size=(batch,) + out_shape)
     layer = DepthwiseConvRelevance.from_kernel(rules.ZPlus(), kernel.astype("float32"), None,
                                                strides=strides, padding="same",
-                                               dilation_rate=(1, 1))
+                                               dilation_rate=(1, 1),
+                                               nonnegative_input=nonnegative_input)
     actual = np.asarray(layer([x.astype("float32"), r.astype("float32")]))
     expected = reference("zplus", flat(x), m, 0.0, flat(r), c=c).reshape(x.shape)
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)

@@ -237,14 +237,36 @@ class LinearRelevance(ReceptiveFieldSpread, keras.layers.Layer):
                 lambda: [placed[0] + self._spread_over_window(window, xs[0], lost, constants)],
                 lambda: placed)
         dead = _dead(denominator, share)
-        spread = self._spread_elementwise if self.elementwise([x.shape for x in xs]) else (
-            self._spread_unplaced)
+        elementwise = self.elementwise([x.shape for x in xs])
+        signs = None if elementwise else self._size_signs(part, xs, constants)
+        if signs is not None:
+            # The spread by size shares the products with the part's (_spread_unplaced_onto);
+            # the plain branch makes its own.
+            products = list(zip(variants, grads, signs))
+            return [ops.cond(
+                ops.any(dead),
+                lambda: self._spread_unplaced_onto(xs[0], products,
+                                                   ops.where(dead, share, 0.0)),
+                lambda: add_all(v * g for v, g, _ in products))]
+        spread = self._spread_elementwise if elementwise else self._spread_unplaced
 
         def with_unplaced():
             lost = ops.where(dead, share, 0.0)
             return [p + f for p, f in zip(placed, spread(xs, lost, constants))]
 
         return ops.cond(ops.any(dead), with_unplaced, lambda: placed)
+
+    def _size_signs(self, part, xs, constants):
+        """``sign_k`` with ``|x| = Σ_k sign_k · v_k`` over the part's input variants ``v_k`` (in
+        ``_forward``'s order) for one input without padding constants, or ``None``."""
+        if len(xs) != 1 or self._padding_mask(xs[0], constants) is not None:
+            return None
+        names = sorted({term.input for term in part.terms})
+        if names == ["x"] and self.nonnegative_input:
+            return [1.0]
+        if names == ["x_neg", "x_pos"]:
+            return [-1.0, 1.0]
+        return None
 
     def _by_sign(self, part, xs, share, constants, param, kernel, bias, output):
         """A part with ``by_sign`` (see :class:`tf_dtd.rules.base.Part`): coefficients and bias
