@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from references import (
     BATCH,
     CLASSES,
+    TARGET,
     L,
     assert_matches,
     dense_matrix,
@@ -198,6 +199,33 @@ def test_depthwise_spreads_units_no_input_explains(nonnegative_input, batch=3):
     np.testing.assert_allclose(actual.sum(), r.sum(), rtol=1e-5)
 
 
+def gamma_behind_relu(factory, in_shape, seed, matrix):
+    """γ explaining ``Input → ReLU → layer → head`` at inputs ≥ 0 (the ReLU passes them, and
+    relevance, unchanged) against the float64 reference; ``matrix(layer)`` is ``(M, b)``. The
+    layer's rule takes its by-sign form there: a·w read from the forward pass, and one
+    transpose of w and w⁺ stacked along the kernel's output axis."""
+    model = head_model(lambda x: factory()(L.ReLU()(x)), in_shape, seed=seed)
+    m, b = matrix(model.get_layer(factory().name))
+    x = np.abs(np.random.default_rng(seed % 1000).normal(size=(BATCH,) + in_shape))
+    x = x.astype("float32")
+    composite = tf_dtd.Composite(default=rules.Gamma(0.5), by_type={L.Dense: rules.Z()})
+    relevance_model = tf_dtd.relevance_model(model, composite, target=TARGET)
+    assert [layer.nonnegative_input for layer in relevance_model.layers
+            if getattr(layer, "rule", None) == rules.Gamma(0.5)] == [True]
+    actual = np.asarray(relevance_model(x))
+    r, err = head_step(flat(x) @ m + b, head_kernel(model))
+    expected, err = rule_step(rules.Gamma(0.5), flat(x), m, b, r, err)
+    assert_matches(actual, expected.reshape(x.shape), err.reshape(x.shape))
+
+
+@pytest.mark.parametrize("name", [name for name in LINEAR_CASES if name.startswith("tconv")])
+def test_transposed_gamma_on_inputs_known_nonnegative(name):
+    """A transposed convolution keeps its kernel's output channels second to last."""
+    factory, in_shape = LINEAR_CASES[name]
+    gamma_behind_relu(factory, in_shape, zlib.crc32(name.encode()),
+                      lambda layer: layer_matrix(layer, in_shape)[:2])
+
+
 # --- 3. SeparableConv: computed as depthwise then pointwise, explained as the one map they make ---
 
 SEPARABLE_CASES = {
@@ -310,6 +338,20 @@ def test_separable_is_not_two_layers_of_zplus():
     r, err = rule_step(rules.ZPlus(), mid, m_pw, b, r, err)
     two_layers, _ = rule_step(rules.ZPlus(), flat(x), m_dw, None, r, err)
     assert not np.allclose(actual, two_layers.reshape(x.shape), rtol=1e-2)
+
+
+@pytest.mark.parametrize("name", SEPARABLE_CASES)
+def test_separable_gamma_on_inputs_known_nonnegative(name):
+    factory, in_shape = SEPARABLE_CASES[name]
+
+    def matrix(layer):
+        m_dw, m_pw, out_shape = _separable_matrices(
+            layer, in_shape, layer.depthwise_kernel.numpy().astype("float64"),
+            layer.pointwise_kernel.numpy().astype("float64"))
+        bias = layer.bias.numpy().astype("float64")
+        return m_dw @ m_pw, np.broadcast_to(bias, out_shape).reshape(-1)
+
+    gamma_behind_relu(factory, in_shape, zlib.crc32(name.encode()), matrix)
 
 
 # --- 4. UpSampling ---
