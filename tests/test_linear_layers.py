@@ -202,8 +202,8 @@ def test_depthwise_spreads_units_no_input_explains(nonnegative_input, batch=3):
 def gamma_behind_relu(factory, in_shape, seed, matrix):
     """γ explaining ``Input → ReLU → layer → head`` at inputs ≥ 0 (the ReLU passes them, and
     relevance, unchanged) against the float64 reference; ``matrix(layer)`` is ``(M, b)``. The
-    layer's rule takes its by-sign form there: a·w read from the forward pass, and one
-    transpose of w and w⁺ stacked along the kernel's output axis."""
+    layer's rule takes its by-sign form there: a·w read from the forward pass, one extra map
+    on w⁺ for units of both signs."""
     model = head_model(lambda x: factory()(L.ReLU()(x)), in_shape, seed=seed)
     m, b = matrix(model.get_layer(factory().name))
     x = np.abs(np.random.default_rng(seed % 1000).normal(size=(BATCH,) + in_shape))
@@ -220,7 +220,7 @@ def gamma_behind_relu(factory, in_shape, seed, matrix):
 
 @pytest.mark.parametrize("name", [name for name in LINEAR_CASES if name.startswith("tconv")])
 def test_transposed_gamma_on_inputs_known_nonnegative(name):
-    """A transposed convolution keeps its kernel's output channels second to last."""
+    """A transposed convolution (its kernel's output channels second to last)."""
     factory, in_shape = LINEAR_CASES[name]
     gamma_behind_relu(factory, in_shape, zlib.crc32(name.encode()),
                       lambda layer: layer_matrix(layer, in_shape)[:2])
