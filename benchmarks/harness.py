@@ -17,7 +17,11 @@ A framework plugs in through an *adapter*: an object with
   work (a :class:`Call` carries an ``info`` dict into the results); a callable with a
   ``close()`` method is closed after use;
 - ``device_memory()``: ``None`` on CPU, else an object with ``reset() -> bytes in use`` and
-  ``peak() -> peak bytes since the reset``.
+  ``peak() -> peak bytes since the reset``;
+- ``tensor_memory()`` (optional): ``None``, or such an object (with ``current() -> bytes in
+  use`` too) counting the bytes the framework's tensors take in host memory: the fresh worker
+  then reports them beside the resident set. ``configure`` sees the worker's kind in
+  ``settings["worker"]`` (``"probe"``, ``"timing"`` or ``"fresh"``).
 
 A *probe* worker starts first and builds every model once (the weights cache). In a timing
 worker the baseline explains its own instance of the model (same weights). Work is done in
@@ -28,7 +32,9 @@ batch) for the baseline, which measures the first call (set-up + trace + first b
 peak memory: ``ru_maxrss`` after the first call and ``memory_calls`` more; its increase over the
 resident set after the model was built (``increase_bytes``) and over ``ru_maxrss`` then
 (``increase_over_peak_bytes``, zero when building the model peaked higher); on GPU also the
-device's peak bytes, reset after the build, and their increase over the bytes in use then.
+device's peak bytes, reset after the build, and their increase over the bytes in use then; where
+the adapter counts its tensors' bytes (``tensor_memory``), the same for them, and what they hold
+after the calls (``held_after_bytes``, over the bytes in use after the build).
 """
 
 import argparse
@@ -125,6 +131,8 @@ def fresh_worker(adapter, task):
     peak_before, current_before = protocol.peak_rss_bytes(), protocol.current_rss_bytes()
     memory = adapter.device_memory()
     device_before = memory.reset() if memory is not None else None
+    tensors = getattr(adapter, "tensor_memory", lambda: None)()
+    tensors_before = tensors.reset() if tensors is not None else None
     start = time.perf_counter()
     if task["side"] == "method":
         fn = adapter.method(subject, task["method"], settings)
@@ -148,6 +156,11 @@ def fresh_worker(adapter, task):
         device_peak = memory.peak()
         result["device_memory"] = {"peak_bytes": device_peak, "before_bytes": device_before,
                                    "increase_bytes": device_peak - device_before}
+    if tensors is not None:
+        tensors_peak = tensors.peak()
+        result["tensor_memory"] = {"peak_bytes": tensors_peak, "before_bytes": tensors_before,
+                                   "increase_bytes": tensors_peak - tensors_before,
+                                   "held_after_bytes": tensors.current() - tensors_before}
     _close(fn)
     return result
 
@@ -170,7 +183,7 @@ def _all_finite(array):
 def worker_main(adapter, task_json):
     """Entry of a worker process: run one task, print its result as one marked JSON line."""
     task = json.loads(task_json)
-    adapter.configure(task["settings"])
+    adapter.configure({**task["settings"], "worker": task["kind"]})
     kinds = {"timing": timing_worker, "fresh": fresh_worker, "probe": probe_worker}
     result = kinds[task["kind"]](adapter, task)
     result["environment"] = adapter.environment()
@@ -332,7 +345,8 @@ def _new_record(adapter, args, environment, model, batch, method, jit):
             "timing": None, "method_info": None, "baseline_info": None,
             "device_memory_in_process": None,
             "first_call": {"method": None, "baseline": None},
-            "memory": {"rss": None, "device": None}, "output": None, "errors": {}}
+            "memory": {"rss": None, "device": None, "tensors": None}, "output": None,
+            "errors": {}}
 
 
 def _fresh_all(adapter, args, jit_settings, settings, results, call):
@@ -362,7 +376,9 @@ def _fresh_all(adapter, args, jit_settings, settings, results, call):
                     record["memory"] = {
                         "rss": _pair_memory(own.get("rss"), other.get("rss")),
                         "device": _pair_memory(own.get("device_memory"),
-                                               other.get("device_memory"))}
+                                               other.get("device_memory")),
+                        "tensors": _pair_memory(own.get("tensor_memory"),
+                                                other.get("tensor_memory"))}
                     record["output"] = own.get("output")
 
 

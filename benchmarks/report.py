@@ -6,7 +6,9 @@
 Standard library only. Times are medians in seconds; the ratio column is the median of the
 per-pair ratios ``method / baseline`` with its quartiles in brackets and its range after them;
 memory is the peak resident set size (CPU) or the device's peak bytes (GPU), in MiB, and "+"
-the increase of that peak over the memory in use after the model was built.
+the increase of that peak over the memory in use after the model was built. Where a result
+counted its tensors' bytes (``--tensor-memory``), a last column gives their peak's increase over
+the bytes in use after the build, method / baseline, and what the method's held after its calls.
 """
 
 import argparse
@@ -18,6 +20,7 @@ MIB = 2.0 ** 20
 COLUMNS = ("framework", "model", "input", "batch", "method", "XLA", "method s",
            "gradient×input s", "ratio median [IQR] (min–max)", "pairs",
            "first call s: method / g×i", "peak MiB: method / g×i", "+MiB: method / g×i")
+TENSOR_COLUMN = "tensors +MiB: method / g×i; held"
 
 
 def _seconds(value):
@@ -30,7 +33,7 @@ def _mib(memory, side, key):
     return f"{memory[side][key] / MIB:.0f}"
 
 
-def _row(record):
+def _row(record, with_tensors=False):
     timing = record.get("timing")
     if timing:
         ratio = timing["ratio"]
@@ -54,13 +57,20 @@ def _row(record):
              "×".join(map(str, shape)) if shape else "—", str(record["batch"]),
              record["method"], "on" if record.get("jit") else "off", *times, first_cell, peak,
              increase)
+    if with_tensors:
+        tensors = memories.get("tensors")
+        cells += (f"{_mib(tensors, 'method', 'increase_bytes')} / "
+                  f"{_mib(tensors, 'baseline', 'increase_bytes')}; "
+                  f"{_mib(tensors, 'method', 'held_after_bytes')}",)
     return "| " + " | ".join(cells) + " |"
 
 
 def format_table(results):
     """One markdown table row per result record (see docs/performance.md for the schema)."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += [_row(record) for record in results]
+    with_tensors = any((record.get("memory") or {}).get("tensors") for record in results)
+    columns = COLUMNS + (TENSOR_COLUMN,) if with_tensors else COLUMNS
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += [_row(record, with_tensors) for record in results]
     errors = [(record, stage, text) for record in results
               for stage, text in (record.get("errors") or {}).items()]
     if errors:

@@ -3,7 +3,7 @@
     python -m benchmarks [--models VGG16 ResNet50 MobileNetV2 EfficientNetB0 digits]
         [--batch 1 8 32] [--presets deep_taylor_bounded lrp_epsilon ...] [--size 224] [--jit]
         [--repeats 15] [--min-seconds 20] [--call predict_on_batch|function] [--gpu]
-        [--threads N] [--no-fresh] [--json benchmarks/results/performance.json]
+        [--threads N] [--no-fresh] [--tensor-memory] [--json benchmarks/results/performance.json]
 
 What is timed (the same target on both sides: the top pre-softmax logit of each sample, the
 same numpy batch in, a numpy array out):
@@ -17,7 +17,9 @@ same numpy batch in, a numpy array out):
 
 The first call (rewrite + trace + first batch; for the baseline trace + first batch) and the
 peak memory are measured in a fresh process per (model, preset, batch) and per (model, batch)
-for the baseline. See :mod:`benchmarks.harness` and :mod:`benchmarks.protocol`;
+for the baseline; with ``--tensor-memory`` (CPU) also the bytes TensorFlow's tensors take, which
+leave out what the resident set adds (the interpreter, tracing and graph optimisation, pages the
+allocator keeps). See :mod:`benchmarks.harness` and :mod:`benchmarks.protocol`;
 ``python -m benchmarks.report FILE...`` prints the tables of saved results.
 """
 
@@ -45,6 +47,24 @@ class _GpuMemory:
         return self.tf.config.experimental.get_memory_info("GPU:0")["peak"]
 
 
+class _HostTensorMemory:
+    """Bytes of TensorFlow's tensors in host memory, from its allocator's statistics (needs
+    ``TF_CPU_ALLOCATOR_USE_BFC=1`` before TensorFlow starts)."""
+
+    def __init__(self, tf):
+        self.tf = tf
+
+    def reset(self):
+        self.tf.config.experimental.reset_memory_stats("CPU:0")
+        return self.current()
+
+    def current(self):
+        return self.tf.config.experimental.get_memory_info("CPU:0")["current"]
+
+    def peak(self):
+        return self.tf.config.experimental.get_memory_info("CPU:0")["peak"]
+
+
 class TfDtdAdapter:
     """tf_dtd for :mod:`benchmarks.harness` (TensorFlow is imported in the workers only)."""
 
@@ -56,6 +76,8 @@ class TfDtdAdapter:
 
     def configure(self, settings):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        if settings.get("tensor_memory") and settings.get("worker") == "fresh":
+            os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "1"
         import tensorflow as tf
 
         if settings.get("threads"):
@@ -134,6 +156,14 @@ class TfDtdAdapter:
 
         return _GpuMemory(tf) if tf.config.list_physical_devices("GPU") else None
 
+    def tensor_memory(self):
+        import tensorflow as tf
+
+        if (os.environ.get("TF_CPU_ALLOCATOR_USE_BFC") != "1"
+                or tf.config.list_physical_devices("GPU")):
+            return None
+        return _HostTensorMemory(tf)
+
 
 ADAPTER = TfDtdAdapter()
 
@@ -142,6 +172,11 @@ def add_arguments(parser):
     parser.add_argument("--call", choices=("predict_on_batch", "function"),
                         default="predict_on_batch",
                         help="how the relevance model is called (default: %(default)s)")
+    parser.add_argument("--tensor-memory", action="store_true",
+                        help="on CPU, the fresh workers also report the bytes TensorFlow's "
+                             "tensors take (its BFC allocator's statistics: they run with "
+                             "TF_CPU_ALLOCATOR_USE_BFC=1, their resident set and first call "
+                             "with that allocator)")
 
 
 def main(argv=None):

@@ -83,6 +83,12 @@ def test_report_row_shows_medians_ratio_spread_and_memory():
     row = report.format_table([record]).splitlines()[-1]
     assert row == ("| tf_dtd | VGG16 | 224×224×3 | 8 | deep_taylor_bounded | off | 3 | 2 | "
                    "1.50 [1.50–1.50] (1.50–1.50) | 3 | 6.5 / 2.25 | 3000 / 2500 | 900 / 400 |")
+    record["memory"]["tensors"] = {
+        "method": {"increase_bytes": 700 * mib, "held_after_bytes": 30 * mib},
+        "baseline": {"increase_bytes": 350 * mib, "held_after_bytes": 0}}
+    header, _, row = report.format_table([record]).splitlines()
+    assert header.endswith("| tensors +MiB: method / g×i; held |")
+    assert row.endswith("| 3000 / 2500 | 900 / 400 | 700 / 350; 30 |")
 
 
 def test_tie_images_hold_exact_ties_in_pooling_windows():
@@ -155,6 +161,27 @@ class FakeDeviceMemory:
         self.current += 100
 
 
+class FakeTensorMemory:
+    """Host bytes of tensors: 10 more in use after each call, peaking 80 above that inside it."""
+
+    def __init__(self):
+        self.used, self.high = 500, 500
+
+    def reset(self):
+        self.high = self.used
+        return self.used
+
+    def current(self):
+        return self.used
+
+    def peak(self):
+        return self.high
+
+    def use(self):
+        self.high = max(self.high, self.used + 80)
+        self.used += 10
+
+
 class FakeAdapter:
     """A framework-free adapter: 'good' returns 2·x, 'broken' cannot be set up."""
 
@@ -163,7 +190,7 @@ class FakeAdapter:
     methods = default_methods = ("good", "broken")
 
     def __init__(self):
-        self.memory = FakeDeviceMemory()
+        self.memory, self.tensors = FakeDeviceMemory(), FakeTensorMemory()
 
     def build(self, name, settings):
         return {"name": name}
@@ -180,6 +207,7 @@ class FakeAdapter:
 
         def relevance(x):
             self.memory.use()
+            self.tensors.use()
             return 2 * x
         return harness.Call(relevance, {"name": name})
 
@@ -188,6 +216,9 @@ class FakeAdapter:
 
     def device_memory(self):
         return self.memory
+
+    def tensor_memory(self):
+        return self.tensors
 
 
 SETTINGS = {"repeats": 2, "min_seconds": 0.0, "max_repeats": 10, "warmup": 0, "memory_calls": 1}
@@ -217,3 +248,23 @@ def test_fresh_worker_reports_first_call_memory_and_the_output():
     # two calls (the first and --memory-calls 1): in use 1000 -> 1200, peak 1200 + 50
     assert out["device_memory"] == {"peak_bytes": 1250, "before_bytes": 1000,
                                     "increase_bytes": 250}
+    # tensors: in use 500 -> 520, peak 510 + 80
+    assert out["tensor_memory"] == {"peak_bytes": 590, "before_bytes": 500,
+                                    "increase_bytes": 90, "held_after_bytes": 20}
+
+
+def test_tensor_memory_counts_tensorflow_tensors_in_a_fresh_worker(tmp_path):
+    """``--tensor-memory``: the fresh worker runs TensorFlow's BFC allocator and reports the
+    bytes its tensors took (the relevance model's weights, built after the reset, stay held)."""
+    settings = {"size": 224, "seed": 0, "cache_dir": str(tmp_path), "jit": False,
+                "call": "predict_on_batch", "memory_calls": 1, "threads": None,
+                "tensor_memory": True}
+    task = {"kind": "fresh", "model": "digits", "batch": 64, "side": "method",
+            "method": "lrp_epsilon", "settings": settings}
+    out = harness.run_worker("benchmarks.run", task, timeout=600)
+    assert "error" not in out, out.get("error")
+    tensors = out["tensor_memory"]
+    batch_bytes = 64 * 28 * 28 * 4  # the relevance returned, as float32
+    assert tensors["increase_bytes"] == tensors["peak_bytes"] - tensors["before_bytes"]
+    assert batch_bytes < tensors["increase_bytes"] < 64 * 2 ** 20
+    assert 0 < tensors["held_after_bytes"] < tensors["increase_bytes"]
