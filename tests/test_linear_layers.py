@@ -199,12 +199,18 @@ def test_depthwise_spreads_units_no_input_explains(nonnegative_input, batch=3):
     np.testing.assert_allclose(actual.sum(), r.sum(), rtol=1e-5)
 
 
-def gamma_behind_relu(factory, in_shape, seed, matrix):
-    """γ explaining ``Input → ReLU → layer → head`` at inputs ≥ 0 (the ReLU passes them, and
-    relevance, unchanged) against the float64 reference; ``matrix(layer)`` is ``(M, b)``. The
-    layer's rule takes its by-sign form there: a·w read from the forward pass, one extra map
-    on w⁺ for units of both signs."""
-    model = head_model(lambda x: factory()(L.ReLU()(x)), in_shape, seed=seed)
+def gamma_behind_relu(factory, in_shape, seed, matrix, relu_after=False):
+    """γ explaining ``Input → ReLU → layer (→ ReLU) → head`` at inputs ≥ 0 (the first ReLU
+    passes them, and relevance, unchanged) against the float64 reference; ``matrix(layer)`` is
+    ``(M, b)``. The layer's rule takes its by-sign form there: a·w read from the forward pass,
+    one extra map on w⁺ for units of both signs. With ``relu_after`` its units with z < 0 get
+    no relevance (the head's LRP-0 reads their activation, 0): the negative sign's transpose is
+    skipped."""
+    def body(x):
+        h = factory()(L.ReLU()(x))
+        return L.ReLU()(h) if relu_after else h
+
+    model = head_model(body, in_shape, seed=seed)
     m, b = matrix(model.get_layer(factory().name))
     x = np.abs(np.random.default_rng(seed % 1000).normal(size=(BATCH,) + in_shape))
     x = x.astype("float32")
@@ -213,9 +219,22 @@ def gamma_behind_relu(factory, in_shape, seed, matrix):
     assert [layer.nonnegative_input for layer in relevance_model.layers
             if getattr(layer, "rule", None) == rules.Gamma(0.5)] == [True]
     actual = np.asarray(relevance_model(x))
-    r, err = head_step(flat(x) @ m + b, head_kernel(model))
+    z = flat(x) @ m + b
+    assert np.any(z < 0) and np.any(z > 0)
+    r, err = head_step(np.maximum(z, 0) if relu_after else z, head_kernel(model))
     expected, err = rule_step(rules.Gamma(0.5), flat(x), m, b, r, err)
     assert_matches(actual, expected.reshape(x.shape), err.reshape(x.shape))
+
+
+@pytest.mark.parametrize("relu_after", [False, True], ids=["signed_output", "relu_after"])
+@pytest.mark.parametrize("name", ["dw2d_same_s2_m2", "dw1d_valid_dilated_nobias",
+                                  "tconv2d_same_s2"])
+def test_gamma_with_and_without_relevance_on_negative_units(name, relu_after):
+    """Depthwise (γ per sign on a combined kernel) and transposed convolutions (shared terms),
+    with relevance on units of both signs and on units with z ≥ 0 only."""
+    factory, in_shape = LINEAR_CASES[name]
+    gamma_behind_relu(factory, in_shape, zlib.crc32(name.encode()),
+                      lambda layer: layer_matrix(layer, in_shape)[:2], relu_after)
 
 
 @pytest.mark.parametrize("name", [name for name in LINEAR_CASES if name.startswith("tconv")])

@@ -18,19 +18,17 @@ field by the inputs' magnitude, evenly where all of them are zero (:meth:`flat`;
 where :meth:`channel_window` says so, element by element where :meth:`elementwise` does).
 """
 
-import functools
-import operator
-
 import keras
 import tensorflow as tf
 from keras import ops
 
 from tf_dtd import rules as rules_lib
 from tf_dtd.errors import InvalidArgumentError, describe
+from tf_dtd.relevance.by_sign import BySignParts
 from tf_dtd.relevance.spread import ReceptiveFieldSpread
-from tf_dtd.relevance.tape import vjp
+from tf_dtd.relevance.tape import add_all, vjp
 
-__all__ = ["LinearRelevance", "add_all", "after", "vjp"]
+__all__ = ["LinearRelevance", "after", "vjp"]
 
 
 def _dead(denominator, share):
@@ -51,11 +49,6 @@ def _stabilized_quotient(share, z, epsilon, relative):
     return ops.divide_no_nan(share, rules_lib.stabilize(z, epsilon, relative=relative))
 
 
-def add_all(tensors):
-    """The sum of a non-empty sequence of tensors (without the ``0 +`` op ``sum`` adds)."""
-    return functools.reduce(operator.add, tensors)
-
-
 def after(tensor, values):
     """``values`` (a nested structure) as they are, computed no earlier than ``tensor``.
 
@@ -69,7 +62,7 @@ def after(tensor, values):
         return tf.nest.map_structure(lambda v: None if v is None else tf.identity(v), values)
 
 
-class LinearRelevance(ReceptiveFieldSpread, keras.layers.Layer):
+class LinearRelevance(BySignParts, ReceptiveFieldSpread, keras.layers.Layer):
     """Apply a linear rule backwards through a linear map of one or more inputs.
 
     Args:
@@ -267,52 +260,6 @@ class LinearRelevance(ReceptiveFieldSpread, keras.layers.Layer):
         if names == ["x_neg", "x_pos"]:
             return [-1.0, 1.0]
         return None
-
-    def _by_sign(self, part, xs, share, constants, param, kernel, bias, output):
-        """A part with ``by_sign`` (see :class:`tf_dtd.rules.base.Part`): coefficients and bias
-        chosen per unit by the sign of the plain ``output``; the plain term from the forward."""
-        positive_coefficients, negative_coefficients, (bias_positive, bias_negative) = part.by_sign
-        positive = output >= 0
-        coefficients = [ops.where(positive, p, n)
-                        for p, n in zip(positive_coefficients, negative_coefficients)]
-        names = sorted({term.input for term in part.terms})
-        variants = {name: self._variant(name, xs, constants) for name in names}
-        plain = output if bias is None else self.add_bias(output, -bias)
-        total = add_all(
-            c * (plain if t.input == "x" and param(t.kernel) is kernel
-                 else self.linear(variants[t.input], param(t.kernel)))
-            for t, c in zip(part.terms, coefficients))
-        if bias is not None:
-            total = ops.where(positive, self.add_bias(total, param(bias_positive)),
-                              self.add_bias(total, param(bias_negative)))
-        quotient = ops.divide_no_nan(share, total)
-        # One transpose per term, its coefficient on the cotangent: a product inside the tape
-        # would take the map's output shape, and where the batch size is unknown (a model
-        # traced for two batch sizes) that shape keeps the map itself from being pruned.
-        products = []
-        for t, c in zip(part.terms, coefficients):
-            inputs, _, grads = vjp(lambda *v, k=param(t.kernel): self.linear(list(v), k),
-                                   variants[t.input], c * quotient)
-            products.append([v * g for v, g in zip(inputs, grads)])
-        return [add_all(per_input) for per_input in zip(*products)]
-
-    def _by_sign_apart(self, part, xs, share, constants, param, kernel, bias, output):
-        """A ``by_sign`` part as one part per sign, each on its combined kernel ``Σ_t c_t·k_t``
-        (the terms read one input variant): where a map costs less than the element-wise work
-        of sharing it (depthwise and grouped convolutions, maps of several inputs; MobileNetV2
-        γ, batch 8: 0.16 s like this, 0.19–0.20 s shared)."""
-        (name,) = {term.input for term in part.terms}
-        result = None
-        for coefficients, key, keep in zip(part.by_sign[:2], part.by_sign[2],
-                                           (output >= 0, output < 0)):
-            combined = {"kernel": add_all(c * param(t.kernel)
-                                          for t, c in zip(part.terms, coefficients)),
-                        "bias": param(key) if bias is not None else None}
-            sent = self._part(rules_lib.Part((rules_lib.Term(name, "kernel"),), bias="bias"),
-                              xs, ops.where(keep, share, 0.0), constants,
-                              combined.get, bias, None)
-            result = sent if result is None else [r + s for r, s in zip(result, sent)]
-        return result
 
     def _forward(self, part, xs, constants, param, bias):
         """The part's input variants (flat list), its map ``forward(*variants) -> z``, and

@@ -1,9 +1,17 @@
 """The gradient trick every relevance layer uses: a vector-Jacobian product under a tape."""
 
+import functools
+import operator
+
 import tensorflow as tf
 from keras import ops
 
-__all__ = ["vjp"]
+__all__ = ["add_all", "vjp"]
+
+
+def add_all(tensors):
+    """The sum of a non-empty sequence of tensors (without the ``0 +`` op ``sum`` adds)."""
+    return functools.reduce(operator.add, tensors)
 
 
 def vjp(forward, inputs, cotangent):
