@@ -212,13 +212,16 @@ class LinearRelevance(BySignParts, ReceptiveFieldSpread, keras.layers.Layer):
             return ops.divide_no_nan(share, den)
 
         variants, _, grads = vjp(forward, variants, cotangent)
-        placed = gather([variant * grad for variant, grad in zip(variants, grads)])
-        count = len(xs)
+
+        def place():
+            return gather([variant * grad for variant, grad in zip(variants, grads)])
+
         if not part.fallback:
-            return placed
+            return place()
         denominator = denominator["value"]
-        window = self.channel_window(xs[0].shape) if count == 1 else None
+        window = self.channel_window(xs[0].shape) if len(xs) == 1 else None
         if window is not None:
+            placed = place()
             # One channel wide but for its last products, and a cond whose branch takes no
             # tensor as wide as the relevance: a branch that took the relevance held on to
             # tensors (ResNet50, batch 8, deep_taylor_bounded: peak 2.4 GB over the model's,
@@ -235,13 +238,13 @@ class LinearRelevance(BySignParts, ReceptiveFieldSpread, keras.layers.Layer):
         if signs is not None:
             # The spread by size shares the products with the part's (_spread_unplaced_onto);
             # the plain branch makes its own.
-            products = list(zip(variants, grads, signs))
             return [ops.cond(
                 ops.any(dead),
-                lambda: self._spread_unplaced_onto(xs[0], products,
+                lambda: self._spread_unplaced_onto(xs[0], list(zip(variants, grads, signs)),
                                                    ops.where(dead, share, 0.0)),
-                lambda: add_all(v * g for v, g, _ in products))]
+                lambda: place()[0])]
         spread = self._spread_elementwise if elementwise else self._spread_unplaced
+        placed = place()
 
         def with_unplaced():
             lost = ops.where(dead, share, 0.0)
