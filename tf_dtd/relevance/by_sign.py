@@ -21,8 +21,16 @@ __all__ = ["BySignParts"]
 
 
 def _any_share(units, share):
-    """Whether any of ``units`` (a boolean mask) holds relevance."""
-    return ops.any(ops.logical_and(units, ops.not_equal(share, 0)))
+    """Whether any of ``units`` (a boolean mask) holds finite, nonzero relevance.
+
+    The branch is one for the whole batch, and the two branches round differently: a sample
+    made of NaN or Inf (whose units all count as z < 0, and whose shares are not finite) must
+    not switch it, or the other samples' heatmaps would change in their last bits. Its own
+    heatmap stays non-finite either way: its shares reach its inputs through either transpose.
+    """
+    magnitude = ops.abs(share)
+    held = ops.logical_and(ops.greater(magnitude, 0), ops.isfinite(magnitude))
+    return ops.any(ops.logical_and(units, held))
 
 
 class BySignParts:
