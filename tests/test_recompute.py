@@ -2,7 +2,9 @@
 
 A layer under LRP-ε reads its input ``x = act(z)`` and its own output; where the layer before
 reads its ``z`` too, the relevance model recomputes ``act(z)`` when relevance arrives rather
-than holding both tensors from the forward pass (tf_dtd.relevance.recompute).
+than holding both tensors from the forward pass (tf_dtd.relevance.recompute). Behind a plain
+ReLU whose readers send no relevance where it is 0, the layer reads ``relu(z)`` as its ``z``
+instead, and nothing is computed again (``_Walk.rectified_outputs``).
 """
 
 import keras
@@ -64,8 +66,9 @@ def _epsilon_reference(model, x):
 
 def test_epsilon_recomputes_the_activations_it_reads():
     relevance_model = tf_dtd.relevance_model(_model(), rules.Epsilon(EPSILON))
-    # every activation between two layers that read their outputs; the pixels are no activation
-    assert _recomputed(relevance_model) == ["first_activation", "leaky", "third_activation"]
+    # every activation between two layers that read their outputs (but a plain ReLU, whose
+    # output third reads as its z); the pixels are no activation
+    assert _recomputed(relevance_model) == ["first_activation", "leaky"]
 
 
 @pytest.mark.parametrize("preset", ["deep_taylor_bounded", "lrp_alpha_1_beta_0"])
@@ -93,3 +96,74 @@ def test_recomputed_model_saves_and_loads(tmp_path):
     loaded = keras.saving.load_model(path)
     np.testing.assert_array_equal(loaded.predict(x, verbose=0),
                                   relevance_model.predict(x, verbose=0))
+
+
+def _relu_model():
+    keras.utils.set_random_seed(6)
+    x = keras.Input((5,))
+    h = L.Dense(7, activation="relu", name="first")(x)
+    h = L.Dense(6, name="second")(h)
+    h = L.ReLU(name="plain")(h)
+    h = L.Dense(6, name="third")(h)
+    h = L.ReLU(max_value=0.5, name="capped")(h)
+    return keras.Model(x, L.Dense(3, name="head")(h))
+
+
+def _z_read_by(relevance_model, name):
+    """The layer whose output the relevance call of layer ``name`` reads as its ``z``."""
+    nodes = relevance_model.get_layer(f"{name}_relevance")._inbound_nodes
+    (call,) = [node for node in nodes if len(node.input_tensors) > 1]
+    return call.input_tensors[1]._keras_history.operation.name
+
+
+def _relu_reference(model, x, flat_third=False):
+    """float64 LRP-ε of the top logit through ``_relu_model`` (``third`` under the flat rule:
+    ``R_i = Σ_j R_j / n``), written out layer by layer."""
+    activations = [lambda z: np.maximum(z, 0), lambda z: np.maximum(z, 0),
+                   lambda z: np.clip(z, 0, 0.5), lambda z: z]
+    a, steps = x.astype("float64"), []
+    for name, act in zip(["first", "second", "third", "head"], activations):
+        kernel, bias = (w.astype("float64") for w in model.get_layer(name).get_weights())
+        z = a @ kernel + bias
+        steps.append((name, a, kernel, z + EPSILON * np.where(z >= 0, 1.0, -1.0)))
+        a = act(z)
+    rows = np.arange(len(a))
+    relevance = np.zeros_like(a)
+    relevance[rows, a.argmax(axis=1)] = a[rows, a.argmax(axis=1)]
+    for name, a_in, kernel, stabilized in reversed(steps):
+        if name == "third" and flat_third:
+            relevance = np.repeat(relevance.sum(axis=1, keepdims=True) / len(kernel),
+                                  len(kernel), axis=1)
+        else:
+            relevance = a_in * ((relevance / stabilized) @ kernel.T)
+    return relevance
+
+
+def test_epsilon_reads_the_output_of_a_plain_relu_as_z():
+    """first and second read their ReLU's output: ``second`` and ``third`` (ε) send nothing
+    where it is 0. The capped ReLU is not ``max(z, 0)``: third reads its own output and the
+    capped activation is computed again for head."""
+    model = _relu_model()
+    relevance_model = tf_dtd.relevance_model(model, rules.Epsilon(EPSILON))
+    assert [_z_read_by(relevance_model, name) for name in ["first", "second", "third"]] == [
+        "first_activation", "plain", "third_relevance"]
+    assert _recomputed(relevance_model) == ["capped"]
+    x = np.random.default_rng(7).normal(size=(16, 5)).astype("float32")
+    expected = _relu_reference(model, x)
+    actual = relevance_model.predict(x, verbose=0)
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
+def test_a_reader_that_sends_relevance_to_zero_inputs_keeps_z():
+    """The flat rule on third gives relevance to units of ``plain`` that are 0 (z < 0):
+    second's ε must divide by its own z there, so it reads z and plain is computed again."""
+    model = _relu_model()
+    composite = tf_dtd.Composite(default=rules.Epsilon(EPSILON), by_name={"third": rules.Flat()})
+    relevance_model = tf_dtd.relevance_model(model, composite)
+    assert [_z_read_by(relevance_model, name) for name in ["first", "second"]] == [
+        "first_activation", "second_relevance"]
+    assert _recomputed(relevance_model) == ["plain"]
+    x = np.random.default_rng(8).normal(size=(16, 5)).astype("float32")
+    expected = _relu_reference(model, x, flat_third=True)
+    actual = relevance_model.predict(x, verbose=0)
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())

@@ -166,6 +166,7 @@ class _Walk:
         """Relevance at the graph input, starting from ``start`` at its output."""
         for index, step in enumerate(self.plan.steps):
             self.reverse[index] = self.reverse_layer(step)
+        self.rectified = self.rectified_outputs()
         incoming = {self.graph.output_id: [start]}
         for index in reversed(range(len(self.plan.steps))):
             step = self.plan.steps[index]
@@ -195,6 +196,37 @@ class _Walk:
             return None
         return step.layer_type.handler(step.node.layer, step.rule, step.context)
 
+    def rectified_outputs(self):
+        """Step index -> the output of the plain ReLU it reads as its ``z``.
+
+        A layer whose output only a ReLU reads, and that reads it as a denominator unit by unit
+        (LRP-0, ε), can read ``relu(z)`` instead where every layer reading the ReLU's output
+        sends no relevance where it is 0: units with ``z ≤ 0`` then hold none, and elsewhere
+        ``relu(z) = z``, bit for bit. The pass then holds the ReLU's output alone and computes no
+        ReLU again (:meth:`forward_input`), and the forward pass can fuse it into the map
+        (ResNet50, LRP-ε, batch 8: the ReLUs were 7 % of the time, computed twice).
+        """
+        consumers, steps, result = self.graph.consumers(), self.plan.steps, {}
+        for index, reverse in self.reverse.items():
+            z_id = steps[index].node.outputs[0]
+            readers = consumers.get(z_id, [])
+            reads = getattr(reverse, "reads_output_unit_by_unit", None)
+            if len(readers) != 1 or reads is None or not reads(self.graph.tensors[z_id].dtype):
+                continue
+            relu = self.step_of.get(readers[0].outputs[0])
+            if relu is None:
+                continue
+            relu_id = steps[relu].node.outputs[0]
+            after = [self.reverse.get(self.step_of.get(node.outputs[0]))
+                     for node in consumers.get(relu_id, [])]
+            if (self.reverse[relu] is None and _is_plain_relu(steps[relu].layer)
+                    and relu_id != self.graph.output_id and after
+                    and self.graph.tensors[relu_id].dtype == self.graph.tensors[z_id].dtype
+                    and all(getattr(layer, "sends_zero_where_input_is_zero", bool)()
+                            for layer in after)):
+                result[index] = relu_id
+        return result
+
     def forward_input(self, tensor_id, relevance):
         """The forward tensor ``tensor_id`` as a relevance layer reads it: the output of an
         activation whose input ``z`` the pass holds anyway (the layer before reads its own
@@ -202,6 +234,8 @@ class _Walk:
         :mod:`tf_dtd.relevance.recompute`)."""
         tensor = self.graph.tensors[tensor_id]
         index = self.step_of.get(tensor_id)
+        if tensor_id in self.rectified.values():
+            return tensor  # held for the layer before, which reads it as its z
         if index is None or tensor_id in self.recomputed:
             return self.recomputed.get(tensor_id, tensor)
         step = self.plan.steps[index]
@@ -232,7 +266,7 @@ class _Walk:
             )
         constants = [self.constant(node.inputs[0], step.rule, key) for key in wanted]
         forward_inputs = [self.forward_input(i, relevance) for i in node.inputs]
-        output = ([self.graph.tensors[node.outputs[0]]]
+        output = ([self.graph.tensors[self.rectified.get(index, node.outputs[0])]]
                   if getattr(reverse, "reuses_output", False) else [])
         self.calls[index] = [*forward_inputs, *output, relevance, *constants]
         result = keras.tree.flatten(reverse(self.calls[index]))
@@ -282,3 +316,12 @@ class _Walk:
                     value = keras.tree.flatten(node.call(node.layer, carried))[0]
             self.constants[memo] = value
         return self.constants[memo]
+
+
+def _is_plain_relu(layer):
+    """``max(x, 0)``: a ``ReLU`` layer without cap, slope or threshold, or ``Activation("relu")``."""
+    if isinstance(layer, keras.layers.ReLU):
+        return (layer.max_value is None and not layer.negative_slope
+                and not layer.threshold)
+    return (isinstance(layer, keras.layers.Activation)
+            and analysis.activation_name(layer) == "relu")

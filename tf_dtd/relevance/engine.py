@@ -139,9 +139,27 @@ class LinearRelevance(BySignParts, ReceptiveFieldSpread, keras.layers.Layer):
             return False
         if not self.takes_output(dtype):
             return False
-        parts = self.rule.parts(nonnegative_input=self.nonnegative_input,
-                                nonnegative_kernel=self.nonnegative_kernel)
-        return any(part.reads_output for part in parts)
+        return any(part.reads_output for part in self._parts())
+
+    def reads_output_unit_by_unit(self, dtype):
+        """Whether the call reads its output ``z`` only as a denominator, each unit for itself
+        (no sign, no statistic of the sample): where relevance is 0 at every unit with
+        ``z ≤ 0``, ``relu(z)`` then serves as ``z`` (see :meth:`sends_zero_where_input_is_zero`)."""
+        return self.reads_output(dtype) and all(
+            part.is_output and part.where is None and part.by_sign is None
+            and not (part.epsilon and part.relative_epsilon)
+            for part in self._parts() if part.reads_output)
+
+    def sends_zero_where_input_is_zero(self):
+        """Whether the relevance it sends is 0 wherever its input is: every term a product of
+        an input variant of ``x`` (no flat or box term, no spread of lost relevance)."""
+        return self.rule is not None and not self.constant_inputs and all(
+            not part.fallback and all(t.input in ("x", "x_pos", "x_neg") for t in part.terms)
+            for part in self._parts())
+
+    def _parts(self):
+        return self.rule.parts(nonnegative_input=self.nonnegative_input,
+                               nonnegative_kernel=self.nonnegative_kernel)
 
     # --- The engine ---
 
@@ -174,8 +192,7 @@ class LinearRelevance(BySignParts, ReceptiveFieldSpread, keras.layers.Layer):
             out = self.linear(xs, kernel)
             return out if bias is None else self.add_bias(out, bias)
 
-        parts = self.rule.parts(nonnegative_input=self.nonnegative_input,
-                                nonnegative_kernel=self.nonnegative_kernel)
+        parts = self._parts()
         result = None
         output = None
         for part in parts:
@@ -325,8 +342,7 @@ class LinearRelevance(BySignParts, ReceptiveFieldSpread, keras.layers.Layer):
         constants = {k: ops.cast(v, dtype) for k, v in constants.items()}
         kernel, bias = self.kernel_value(), self.bias_value()
         total = ops.zeros_like(relevance)
-        for part in self.rule.parts(nonnegative_input=self.nonnegative_input,
-                                    nonnegative_kernel=self.nonnegative_kernel):
+        for part in self._parts():
             if not part.fallback:
                 continue
             variants, forward, _ = self._forward(

@@ -6,7 +6,9 @@ denominator is the layer's own output, or that looks at its sign) also reads the
 both from the forward pass to the relevance pass doubles what the pass holds. The builder
 (:mod:`tf_dtd.relevance.build`) then feeds the relevance layer ``activation(z)`` computed again
 once relevance reaches it (:class:`AfterRelevance`): an element-wise op, and ``x`` is freed
-as soon as the forward pass has used it.
+as soon as the forward pass has used it. Behind a plain ReLU whose readers send no relevance
+where it is 0, the builder has the layer read ``relu(z)`` as its ``z`` instead, and nothing is
+computed again (``_Walk.rectified_outputs``).
 """
 
 import keras
