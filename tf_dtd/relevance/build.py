@@ -319,7 +319,7 @@ class _Walk:
 
 
 def _is_plain_relu(layer):
-    """``max(x, 0)``: a ``ReLU`` layer without cap, slope or threshold, or ``Activation("relu")``."""
+    """``max(x, 0)``: a ``ReLU`` without cap, slope or threshold, or ``Activation("relu")``."""
     if isinstance(layer, keras.layers.ReLU):
         return (layer.max_value is None and not layer.negative_slope
                 and not layer.threshold)
