@@ -41,6 +41,7 @@ from references import (
 
 import tf_dtd
 from tf_dtd import rules
+from tf_dtd.relevance import engine
 from tf_dtd.relevance.layers import DepthwiseConvRelevance
 
 # --- 1, 2. DepthwiseConv and ConvTranspose: ordinary linear layers ---
@@ -148,6 +149,19 @@ def test_linear_reference_lrp0_is_gradient_times_input(name):
 @pytest.mark.parametrize("rule_case", LINEAR_RULES)
 @pytest.mark.parametrize("name", LINEAR_CASES)
 def test_linear_layer_rule(name, rule_case):
+    _check_linear_rule(name, rule_case)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["xla", "tf_kernels"])
+@pytest.mark.parametrize("name", LINEAR_CASES)
+def test_epsilon_quotient_with_and_without_xla(name, fused, monkeypatch):
+    """ε's quotient is one XLA function on layers of many values per sample and TensorFlow's
+    kernels on the others (``engine.XLA_QUOTIENT_MIN_SIZE``): both forms on every layer."""
+    monkeypatch.setattr(engine, "XLA_QUOTIENT_MIN_SIZE", 0 if fused else 2**62)
+    _check_linear_rule(name, "epsilon")
+
+
+def _check_linear_rule(name, rule_case):
     model, in_shape, (m, b, _) = linear_case(name)
     rule, first = LINEAR_RULES[rule_case]
     rng = np.random.default_rng(3)
