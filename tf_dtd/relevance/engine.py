@@ -166,7 +166,8 @@ class LinearRelevance(BySignParts, ReceptiveFieldSpread, keras.layers.Layer):
 
     def sends_zero_where_input_is_zero(self):
         """Whether the relevance it sends is 0 wherever its input is: every term a product of
-        an input variant of ``x`` (no flat or box term, no spread of lost relevance)."""
+        an input variant of ``x`` (no flat or box term, no spread of lost relevance). A
+        subclass that places relevance otherwise than by the engine's parts overrides it."""
         return self.rule is not None and not self.constant_inputs and all(
             not part.fallback and all(t.input in ("x", "x_pos", "x_neg") for t in part.terms)
             for part in self._parts())
