@@ -3,10 +3,11 @@
 Models are built with ``weights=None``, ``classes=10`` and their smallest input size, with the
 BatchNorm statistics set from one random batch (see ``benchmarks/applications.py``, which also
 prints the coverage table of docs/architectures.md). The default run explains one residual
-(ResNet50) and one depthwise family with squeeze-and-excitation gates (MobileNetV3Small) with
-``deep_taylor_bounded``, and checks LRP-0 = gradient×input on ResNet50 and on a concatenation
-family with pre-activation BatchNorm (DenseNet121); ``-m slow`` runs all seventeen with both
-presets.
+family (ResNet50) with ``deep_taylor_bounded``, and checks LRP-0 = gradient×input on ResNet50
+and on a concatenation family with pre-activation BatchNorm (DenseNet121); ``-m slow`` runs all
+seventeen with both presets (the depthwise families with squeeze-and-excitation gates among
+them; the default run has a trained depthwise network in tests/test_trained_depthwise.py and
+the gates in tests/test_merges_and_gates.py).
 
 The models run under a float64 policy here. Deep random networks amplify float32 rounding: the
 folded and the original ResNet101 or EfficientNetV2B0 differ by 3e-4 and 9e-2 of the logits in
@@ -26,7 +27,7 @@ from applications import APPLICATIONS, build, images, measure  # noqa: E402
 
 import tf_dtd  # noqa: E402
 
-DEFAULT_RUN = ("ResNet50", "MobileNetV3Small")
+DEFAULT_RUN = ("ResNet50",)
 PRESETS = ("deep_taylor_bounded", "lrp_epsilon_plus")
 SAMPLES = 2
 
