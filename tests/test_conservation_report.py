@@ -82,3 +82,24 @@ def test_unknown_or_folded_layer_names_are_errors():
         tf_dtd.relevance_model(model, "lrp_z", layers=["bn"])
     with pytest.raises(tf_dtd.InvalidArgumentError, match="list of layer names"):
         tf_dtd.relevance_model(model, "lrp_z", layers="d")
+
+
+def test_layers_named_like_the_reports_operations():
+    """A model loaded in a fresh process often has layers called ``add`` or ``sum`` — the
+    names Keras gives the first such operations of a session. The report's own sums must not
+    take them (the probe model refused the duplicate name)."""
+    keras.backend.clear_session()  # the next operations are named add, sum, ... again
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((3,))
+    left = keras.layers.Dense(4, name="left")(inputs)
+    right = keras.layers.Dense(4, name="right")(inputs)
+    h = keras.layers.ReLU(name="relu")(keras.layers.Add(name="add")([left, right]))
+    named = keras.Model(inputs, keras.layers.Dense(2, name="sum")(h))
+    x = np.random.default_rng(0).normal(size=(5, 3)).astype("float32")
+    report = conservation_report(named, x, "lrp_z")
+    rows = _rows(report)
+    assert sorted(rows) == ["add", "left", "relu", "right", "sum"]
+    assert rows["add"]["leak"] == pytest.approx(0.0, abs=1e-5)  # no bias: the Add conserves
+    relevance, logits = tf_dtd.explain(named, x, "lrp_z", return_prediction=True)
+    gap = np.mean(logits.max(axis=1) - relevance.sum(axis=1))
+    assert sum(row["leak"] for row in report) == pytest.approx(gap, rel=1e-4, abs=1e-5)

@@ -49,9 +49,10 @@ def conservation_report(model, x, rules="deep_taylor_bounded", *, input_range=No
                if step.origin.role == "layer" and step.user_layer is not None]
     sums = []
     for index in indices:
-        sums.append(_sample_sums([built.at_output[index]]))
-        sums.append(_sample_sums(built.sent[index]))
-        sums.append(_spread(built, index))
+        label = plan.steps[index].node.layer.name
+        sums.append(_SampleSums(name=built.namer(f"{label}_sum_out"))([built.at_output[index]]))
+        sums.append(_SampleSums(name=built.namer(f"{label}_sum_in"))(list(built.sent[index])))
+        sums.append(_spread(built, index, built.namer(f"{label}_spread_flat")))
     probe = keras.Model(built.inputs[0], sums)
     values = probe.predict(np.asarray(x), batch_size=batch_size, verbose=0)
     report = []
@@ -83,22 +84,30 @@ class _SpreadProbe(keras.layers.Layer):
         return self.reverse.spread_flat_share(inputs)
 
 
-def _spread(built, index):
+class _SampleSums(keras.layers.Layer):
+    """Σ over every non-batch axis of each tensor, added up: one number per sample (zeros with
+    ``zero=True``). A named layer, not bare ops: those take names such as ``add`` that a user's
+    layer may already have, and the probe model would refuse the duplicate."""
+
+    def __init__(self, zero=False, **kwargs):
+        super().__init__(**kwargs)
+        self.zero = zero
+
+    def call(self, tensors):
+        total = None
+        for tensor in tensors:
+            axes = tuple(range(1, len(tensor.shape)))
+            value = keras.ops.sum(tensor, axis=axes) if axes else tensor
+            total = value if total is None else total + value
+        return keras.ops.zeros_like(total) if self.zero else total
+
+
+def _spread(built, index, name):
     """Per sample, what the step's relevance layer spread flat (zero for other layers)."""
     reverse = built.reverse.get(index)
     if not isinstance(reverse, LinearRelevance):
-        return keras.ops.zeros_like(_sample_sums([built.at_output[index]]))
-    return _SpreadProbe(reverse)(built.calls[index])
-
-
-def _sample_sums(tensors):
-    """Σ over every non-batch axis of each tensor, added up: one number per sample."""
-    total = None
-    for tensor in tensors:
-        axes = tuple(range(1, len(tensor.shape)))
-        value = keras.ops.sum(tensor, axis=axes) if axes else tensor
-        total = value if total is None else total + value
-    return total
+        return _SampleSums(zero=True, name=name)([built.at_output[index]])
+    return _SpreadProbe(reverse, name=name)(built.calls[index])
 
 
 def _reason(step, leak):
