@@ -217,6 +217,22 @@ def test_cancelling_contributions():
     np.testing.assert_array_equal(biased([np.array([[1.0, 0.0]], "float32"), r[:1]]), [[0, 0]])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_stabilize_pushes_away_from_zero_with_zero_as_positive(dtype):
+    """z + ε·sign(z) with sign(0) = sign(−0.0) = +1, bit for bit; NaN stays NaN, ±inf stays."""
+    tiny = np.finfo(dtype).tiny
+    z = np.array([0.0, -0.0, tiny, -tiny, 1e-30, -1e-30, 3.0, -3.0, np.inf, -np.inf, np.nan],
+                 dtype)
+    epsilon = 0.25
+    expected = z + np.array([epsilon if v >= 0 or v == 0 else -epsilon for v in z.tolist()],
+                            dtype)
+    expected[np.isnan(z)] = np.nan
+    actual = np.asarray(rules.stabilize(tf.constant(z), epsilon))
+    assert actual.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(actual, expected)
+    np.testing.assert_array_equal(np.asarray(rules.stabilize(tf.constant(z), 0.0)), z)
+
+
 @pytest.mark.parametrize("rule", [rules.ZPlus(), rules.WSquare()], ids=["zplus", "wsquare"])
 def test_zero_denominator_output_spreads_flat(rule):
     """A filter with z_j = 0 (all-negative contributions for z⁺, an all-zero filter for w²): its

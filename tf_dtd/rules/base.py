@@ -40,7 +40,9 @@ def stabilize(z, epsilon, *, relative=False):
         epsilon = epsilon * peak * ops.sqrt(ops.mean(ops.square(scaled), axis=axes,
                                                       keepdims=True))
     epsilon = ops.cast(epsilon, z.dtype)
-    return z + ops.where(z >= 0, epsilon, -epsilon)
+    # sign(sign(z) + 1/2) is +1 for z >= 0 (−0.0 too) and −1 below: bit for bit the select
+    # ``where(z >= 0, ε, −ε)``, which TensorFlow's CPU kernel runs several times slower.
+    return z + epsilon * ops.sign(ops.sign(z) + 0.5)
 
 
 @dataclasses.dataclass(frozen=True)
