@@ -26,9 +26,9 @@ from tf_dtd import rules as rules_lib
 from tf_dtd.errors import InvalidArgumentError, describe
 from tf_dtd.relevance.by_sign import BySignParts
 from tf_dtd.relevance.spread import ReceptiveFieldSpread
-from tf_dtd.relevance.tape import add_all, vjp
+from tf_dtd.relevance.tape import add_all, after, vjp
 
-__all__ = ["LinearRelevance", "after", "vjp"]
+__all__ = ["LinearRelevance", "vjp"]
 
 
 def _dead(denominator, share):
@@ -58,23 +58,9 @@ def _fused_quotient_pays(share):
 @tf.function(jit_compile=True)
 def _stabilized_quotient(share, z, epsilon, relative):
     """``share / stabilize(z, epsilon)``, compiled by XLA into one pass over memory: TensorFlow
-    runs the stabiliser's element-wise ops and the divide as separate kernels (with the select
-    it then used: a third of LRP-ε's element-wise time; MobileNetV2, batch 8: 101 → 92 ms per
-    call, the same bits)."""
+    runs the stabiliser's element-wise ops and the divide as separate kernels (MobileNetV2,
+    batch 8, with the select it then used: 101 → 92 ms per call, the same bits)."""
     return ops.divide_no_nan(share, rules_lib.stabilize(z, epsilon, relative=relative))
-
-
-def after(tensor, values):
-    """``values`` (a nested structure) as they are, computed no earlier than ``tensor``.
-
-    In a graph, TensorFlow runs an op as soon as its inputs exist: a layer's modified forward
-    (``z⁺``, its modified weights) needs only forward activations, so without this every layer's
-    would be computed right after the forward pass and held until relevance reaches it.
-    """
-    if tf.executing_eagerly():
-        return values
-    with tf.control_dependencies([tensor]):
-        return tf.nest.map_structure(lambda v: None if v is None else tf.identity(v), values)
 
 
 class LinearRelevance(BySignParts, ReceptiveFieldSpread, keras.layers.Layer):

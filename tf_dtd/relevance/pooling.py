@@ -12,9 +12,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from tf_dtd.relevance.engine import after
 from tf_dtd.relevance.forward_copy import ForwardCopy
-from tf_dtd.relevance.tape import add_all
+from tf_dtd.relevance.tape import add_all, after
 
 __all__ = ["MaxPoolRelevance"]
 

@@ -13,7 +13,7 @@ computed again (``_Walk.rectified_outputs``).
 
 import keras
 
-from tf_dtd.relevance.engine import after
+from tf_dtd.relevance.tape import after
 
 __all__ = ["AfterRelevance", "RECOMPUTED_LAYERS"]
 

@@ -1,4 +1,5 @@
-"""The gradient trick every relevance layer uses: a vector-Jacobian product under a tape."""
+"""The graph helpers every relevance layer uses: the gradient trick (a vector-Jacobian product
+under a tape), and an order on ops that TensorFlow would otherwise run as early as it can."""
 
 import functools
 import operator
@@ -6,7 +7,7 @@ import operator
 import tensorflow as tf
 from keras import ops
 
-__all__ = ["add_all", "vjp"]
+__all__ = ["add_all", "after", "vjp"]
 
 
 def add_all(tensors):
@@ -30,3 +31,16 @@ def vjp(forward, inputs, cotangent):
     grads = tape.gradient(z, inputs, output_gradients=ops.cast(cotangent, z.dtype),
                           unconnected_gradients=tf.UnconnectedGradients.ZERO)
     return inputs, z, [ops.cast(g, x.dtype) for g, x in zip(grads, inputs)]
+
+
+def after(tensor, values):
+    """``values`` (a nested structure) as they are, computed no earlier than ``tensor``.
+
+    In a graph, TensorFlow runs an op as soon as its inputs exist: a layer's modified forward
+    (``z⁺``, its modified weights) needs only forward activations, so without this every layer's
+    would be computed right after the forward pass and held until relevance reaches it.
+    """
+    if tf.executing_eagerly():
+        return values
+    with tf.control_dependencies([tensor]):
+        return tf.nest.map_structure(lambda v: None if v is None else tf.identity(v), values)
