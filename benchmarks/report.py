@@ -9,12 +9,14 @@ memory is the peak resident set size (CPU) or the device's peak bytes (GPU), in 
 the increase of that peak over the memory in use after the model was built. Where a result
 counted its tensors' bytes (``--tensor-memory``), a last column gives their peak's increase over
 the bytes in use after the build, method / baseline, and what the method's held after its calls.
+``--ratios`` prints the ratios alone: one row per model, method and XLA setting, one column per
+batch size (a result in a later file replaces one of the same row and batch in an earlier file).
 """
 
 import argparse
 import json
 
-__all__ = ["describe", "format_table", "main"]
+__all__ = ["describe", "format_ratios", "format_table", "main"]
 
 MIB = 2.0 ** 20
 COLUMNS = ("framework", "model", "input", "batch", "method", "XLA", "method s",
@@ -82,6 +84,27 @@ def format_table(results):
     return "\n".join(lines)
 
 
+def format_ratios(results):
+    """The median ratio [quartiles] of each model, method and XLA setting (rows) per batch
+    (columns), in the order the rows first appear; "—" where a batch was not timed."""
+    cells, batches = {}, set()
+    for record in results:
+        timing = record.get("timing")
+        if not timing:
+            continue
+        ratio = timing["ratio"]
+        key = (record["model"], record["method"], "on" if record.get("jit") else "off")
+        cells.setdefault(key, {})[record["batch"]] = (
+            f"{ratio['median']:.2f} [{ratio['q25']:.2f}–{ratio['q75']:.2f}]")
+        batches.add(record["batch"])
+    batches = sorted(batches)
+    lines = ["| model | method | XLA | " + " | ".join(f"batch {b}" for b in batches) + " |",
+             "|" + "---|" * (3 + len(batches))]
+    lines += ["| " + " | ".join([*key, *(row.get(b, "—") for b in batches)]) + " |"
+              for key, row in cells.items()]
+    return "\n".join(lines)
+
+
 def describe(document):
     """One line about the machine and the framework a result document was measured on."""
     machine = document["machine"]
@@ -99,6 +122,8 @@ def main(argv=None):
     """Print the machine line of every file and one table of all their results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="JSON files written by the benchmarks")
+    parser.add_argument("--ratios", action="store_true",
+                        help="only the ratios: a row per model and method, a column per batch")
     args = parser.parse_args(argv)
     documents = []
     for path in args.paths:
@@ -107,7 +132,8 @@ def main(argv=None):
     for document in documents:
         print(f"- {describe(document)}")
     print()
-    print(format_table([record for document in documents for record in document["results"]]))
+    results = [record for document in documents for record in document["results"]]
+    print(format_ratios(results) if args.ratios else format_table(results))
 
 
 if __name__ == "__main__":

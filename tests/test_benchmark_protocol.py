@@ -91,6 +91,25 @@ def test_report_row_shows_medians_ratio_spread_and_memory():
     assert row.endswith("| 3000 / 2500 | 900 / 400 | 700 / 350; 30 |")
 
 
+def test_report_ratios_put_batches_in_columns_and_later_files_win():
+    def record(model, batch, ratio, jit=False, timed=True):
+        timing = {"ratio": {"median": ratio, "q25": ratio - 0.1, "q75": ratio + 0.1}}
+        return {"model": model, "method": "lrp_epsilon", "batch": batch, "jit": jit,
+                "timing": timing if timed else None}
+
+    table = report.format_ratios([
+        record("VGG16", 8, 1.5), record("VGG16", 1, 1.25), record("digits", 32, 2.0),
+        record("VGG16", 8, 1.0625), record("VGG16", 8, 3.0, jit=True),
+        record("digits", 1, 9.0, timed=False)]).splitlines()
+    assert table == [
+        "| model | method | XLA | batch 1 | batch 8 | batch 32 |",
+        "|---|---|---|---|---|---|",
+        "| VGG16 | lrp_epsilon | off | 1.25 [1.15–1.35] | 1.06 [0.96–1.16] | — |",
+        "| digits | lrp_epsilon | off | — | — | 2.00 [1.90–2.10] |",
+        "| VGG16 | lrp_epsilon | on | — | 3.00 [2.90–3.10] | — |",
+    ]
+
+
 def test_tie_images_hold_exact_ties_in_pooling_windows():
     for pool in (2, 3):
         windows = gpu_check._windows(gpu_check.tie_images(pool), pool)
