@@ -4,7 +4,8 @@ The forward half is the canonical copy itself. :func:`build` makes each step's r
 (its handler), then walks the nodes backwards calling them; relevance arriving at one tensor from
 several consumers is summed. No layer class is special-cased here: what each node needs was
 decided in the plan. An activation output a relevance layer reads is computed again from the
-activation's input where that input is held for the pass anyway (:mod:`tf_dtd.relevance.recompute`).
+activation's input where that input is held for the pass anyway, and an addend that only an
+``Add`` reads from the sum and the other addends (:mod:`tf_dtd.relevance.recompute`).
 """
 
 import dataclasses
@@ -18,7 +19,7 @@ from tf_dtd.errors import InvalidArgumentError, UnsupportedModelError, describe
 from tf_dtd.model import analysis
 from tf_dtd.model.batch import TrimBatch
 from tf_dtd.relevance.endpoints import InputConstant, TargetRelevance
-from tf_dtd.relevance.recompute import RECOMPUTED_LAYERS, AfterRelevance
+from tf_dtd.relevance.recompute import RECOMPUTED_LAYERS, AddendAgain, AfterRelevance
 
 __all__ = ["Built", "build", "assemble"]
 
@@ -158,7 +159,7 @@ class _Walk:
         self.namer = namer
         self.producers = self.graph.producers()
         self.step_of = {step.node.outputs[0]: index for index, step in enumerate(plan.steps)}
-        self.recomputed = {}
+        self.recomputed, self.again = {}, {}
         self.constants = {}
         self.at_output, self.sent, self.reverse, self.calls = {}, {}, {}, {}
 
@@ -167,6 +168,7 @@ class _Walk:
         for index, step in enumerate(self.plan.steps):
             self.reverse[index] = self.reverse_layer(step)
         self.rectified = self.rectified_outputs()
+        self.derived = self.derived_addends()
         incoming = {self.graph.output_id: [start]}
         for index in reversed(range(len(self.plan.steps))):
             step = self.plan.steps[index]
@@ -227,11 +229,55 @@ class _Walk:
                 result[index] = relu_id
         return result
 
+    def derived_addends(self):
+        """Tensor id -> step index of the ``Add`` whose ``z`` minus its other addends gives it.
+
+        An addend that only an ``Add`` reads, where the ``Add`` reads its ``z`` unit by unit and
+        sends relevance only as products of its inputs (LRP-0, ε), and the addend's own layer
+        reads its output not at all or only as such a denominator: ``z − Σ others`` serves for
+        it (see :mod:`tf_dtd.relevance.recompute`), and the pass no longer holds it (ResNet50,
+        LRP-ε: the third convolution of each block, 4× the width of the other two).
+        """
+        consumers, steps, result = self.graph.consumers(), self.plan.steps, {}
+        held = set(self.rectified.values()) | {self.graph.input_id}
+        for index, reverse in self.reverse.items():
+            node = steps[index].node
+            dtype = self.graph.tensors[node.outputs[0]].dtype
+            reads = getattr(reverse, "reads_output_unit_by_unit", None)
+            if (type(steps[index].layer) is not keras.layers.Add or reads is None
+                    or not reads(dtype) or not reverse.sends_zero_where_input_is_zero()):
+                continue
+            for operand in reversed(node.inputs):
+                producer = self.step_of.get(operand)
+                own = None if producer is None else self.reverse[producer]
+                if (producer is None or operand in held or node.inputs.count(operand) != 1
+                        or consumers.get(operand) != [node]
+                        or _reads_output_beyond_units(own, dtype)):
+                    continue
+                result[operand] = index
+                break
+        return result
+
+    def addend_again(self, tensor_id, relevance):
+        """The addend ``tensor_id`` computed again when ``relevance`` arrives (once)."""
+        if tensor_id not in self.again:
+            index = self.derived[tensor_id]
+            node = self.plan.steps[index].node
+            total = self.graph.tensors[self.rectified.get(index, node.outputs[0])]
+            others = [self.forward_input(i, relevance) for i in node.inputs if i != tensor_id]
+            step = self.plan.steps[self.step_of[tensor_id]]
+            name = (step.user_layer or step.layer).name
+            self.again[tensor_id] = AddendAgain(name=self.namer(f"{name}_output_again"))(
+                [total, *others, relevance])
+        return self.again[tensor_id]
+
     def forward_input(self, tensor_id, relevance):
         """The forward tensor ``tensor_id`` as a relevance layer reads it: the output of an
         activation whose input ``z`` the pass holds anyway (the layer before reads its own
         output) is computed again from ``z`` when ``relevance`` arrives (see
         :mod:`tf_dtd.relevance.recompute`)."""
+        if tensor_id in self.derived:
+            return self.addend_again(tensor_id, relevance)
         tensor = self.graph.tensors[tensor_id]
         index = self.step_of.get(tensor_id)
         if tensor_id in self.rectified.values():
@@ -266,8 +312,10 @@ class _Walk:
             )
         constants = [self.constant(node.inputs[0], step.rule, key) for key in wanted]
         forward_inputs = [self.forward_input(i, relevance) for i in node.inputs]
-        output = ([self.graph.tensors[self.rectified.get(index, node.outputs[0])]]
-                  if getattr(reverse, "reuses_output", False) else [])
+        output_id = self.rectified.get(index, node.outputs[0])
+        output = [] if not getattr(reverse, "reuses_output", False) else [
+            self.addend_again(output_id, relevance) if output_id in self.derived
+            else self.graph.tensors[output_id]]
         self.calls[index] = [*forward_inputs, *output, relevance, *constants]
         result = keras.tree.flatten(reverse(self.calls[index]))
         if len(result) != len(node.inputs):
@@ -316,6 +364,13 @@ class _Walk:
                     value = keras.tree.flatten(node.call(node.layer, carried))[0]
             self.constants[memo] = value
         return self.constants[memo]
+
+
+def _reads_output_beyond_units(layer, dtype):
+    """Whether a relevance layer reads its forward output other than as a denominator, each
+    unit for itself (a sign, a statistic of the sample)."""
+    reads = getattr(layer, "reads_output", None)
+    return bool(reads and reads(dtype)) and not layer.reads_output_unit_by_unit(dtype)
 
 
 def _is_plain_relu(layer):

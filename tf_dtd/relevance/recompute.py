@@ -9,13 +9,19 @@ once relevance reaches it (:class:`AfterRelevance`): an element-wise op, and ``x
 as soon as the forward pass has used it. Behind a plain ReLU whose readers send no relevance
 where it is 0, the builder has the layer read ``relu(z)`` as its ``z`` instead, and nothing is
 computed again (``_Walk.rectified_outputs``).
+
+An addend of a sum that only the sum reads (ResNet's third convolution, whose output the
+``Add``'s LRP-ε and the convolution's own ε read) is computed again as the sum's ``z`` minus the
+other addends (:class:`AddendAgain`, ``_Walk.derived_addends``), which the pass holds anyway:
+equal up to float32 rounding where the sum is positive, and wherever the ``Add`` reads
+``relu(sum)`` as its ``z``, the units with ``sum ≤ 0`` hold no relevance.
 """
 
 import keras
 
 from tf_dtd.relevance.tape import after
 
-__all__ = ["AfterRelevance", "RECOMPUTED_LAYERS"]
+__all__ = ["AddendAgain", "AfterRelevance", "RECOMPUTED_LAYERS"]
 
 # Element-wise activation layers without state: calling one again gives the same values.
 RECOMPUTED_LAYERS = (keras.layers.Activation, keras.layers.ReLU, keras.layers.LeakyReLU,
@@ -37,6 +43,27 @@ class AfterRelevance(keras.layers.Layer):
     def call(self, inputs):
         values, relevance = inputs
         return after(relevance, values)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+
+@keras.saving.register_keras_serializable(package="tf_dtd")
+class AddendAgain(keras.layers.Layer):
+    """``[total, *others, relevance] -> total − Σ others``, computed no earlier than ``relevance``:
+    one addend of a sum from the sum and the other addends, instead of held from the forward pass.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("autocast", False)
+        super().__init__(**kwargs)
+
+    def call(self, inputs):
+        *values, relevance = inputs
+        total, *others = after(relevance, values)
+        for other in others:
+            total = total - other
+        return total
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]

@@ -1,0 +1,172 @@
+"""An addend of a sum computed again from the sum instead of held (``_Walk.derived_addends``).
+
+Under LRP-0/ε an ``Add`` reads its ``z`` unit by unit and sends relevance as products of its
+inputs; an addend that only the ``Add`` reads (ResNet's third convolution) is then computed again
+as the ``Add``'s ``z`` minus the other addends when relevance arrives, and the pass holds the
+sum and the other addends it holds anyway. Where the ``Add`` reads ``relu(sum)`` as its ``z``,
+the addend computed again is wrong at units with ``sum ≤ 0`` — which hold no relevance.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+import tf_dtd
+from tf_dtd import rules
+from tf_dtd.relevance import build as build_lib
+from tf_dtd.relevance.recompute import AddendAgain
+
+L = keras.layers
+EPSILON = 0.25
+
+
+def _block(shortcut_dense=False, second_reader=False, twice=False):
+    """stem → first (ReLU) → third, added to the stem's output (or a Dense shortcut of it),
+    then a ReLU and the head."""
+    keras.utils.set_random_seed(11)
+    x = keras.Input((5,))
+    a = L.Dense(6, activation="relu", name="stem")(x)
+    h = L.Dense(6, activation="relu", name="first")(a)
+    h = L.Dense(6, name="third")(h)
+    shortcut = L.Dense(6, name="shortcut")(a) if shortcut_dense else a
+    y = L.Add(name="add")([h, h] if twice else [shortcut, h])
+    outputs = L.Dense(3, name="head")(L.ReLU(name="out")(y))
+    if second_reader:
+        outputs = L.Add(name="heads")([outputs, L.Dense(3, name="aside")(h)])
+    return keras.Model(x, outputs)
+
+
+def _again(relevance_model):
+    return sorted(layer.name for layer in relevance_model.layers
+                  if isinstance(layer, AddendAgain))
+
+
+def _reads(relevance_model, name):
+    """The layers whose outputs the relevance call of layer ``name`` reads (forward tensors)."""
+    nodes = relevance_model.get_layer(f"{name}_relevance")._inbound_nodes
+    (call,) = [node for node in nodes if len(node.input_tensors) > 1]
+    return [t._keras_history.operation.name for t in call.input_tensors]
+
+
+def _stabilized(z):
+    return z + EPSILON * np.where(z >= 0, 1.0, -1.0)
+
+
+def _reference(model, x, shortcut_dense):
+    """float64 LRP-ε of the top logit through ``_block``, written out."""
+    def dense(name, a):
+        kernel, bias = (w.astype("float64") for w in model.get_layer(name).get_weights())
+        return a @ kernel + bias, kernel
+
+    def back(a, kernel, z, relevance):
+        return a * ((relevance / _stabilized(z)) @ kernel.T)
+
+    x = x.astype("float64")
+    z_stem, k_stem = dense("stem", x)
+    a = np.maximum(z_stem, 0)
+    z_first, k_first = dense("first", a)
+    h = np.maximum(z_first, 0)
+    z_third, k_third = dense("third", h)
+    shortcut, k_short = dense("shortcut", a) if shortcut_dense else (a, None)
+    y = shortcut + z_third
+    r = np.maximum(y, 0)
+    logits, k_head = dense("head", r)
+    rows, top = np.arange(len(x)), logits.argmax(axis=1)
+    relevance = np.zeros_like(logits)
+    relevance[rows, top] = logits[rows, top]
+    at_sum = back(r, k_head, logits, relevance)
+    share = at_sum / _stabilized(y)
+    at_third, at_shortcut = z_third * share, shortcut * share
+    at_a = back(a, k_first, z_first, back(h, k_third, z_third, at_third))
+    at_a = at_a + (back(a, k_short, shortcut, at_shortcut) if shortcut_dense else at_shortcut)
+    return back(x, k_stem, z_stem, at_a)
+
+
+@pytest.mark.parametrize("shortcut_dense", [False, True])
+def test_epsilon_computes_the_third_layers_output_again(shortcut_dense):
+    model = _block(shortcut_dense)
+    relevance_model = tf_dtd.relevance_model(model, rules.Epsilon(EPSILON))
+    assert _again(relevance_model) == ["third_output_again"]
+    assert "third_output_again" in _reads(relevance_model, "add")
+    assert _reads(relevance_model, "third")[1] == "third_output_again"  # its z
+    x = np.random.default_rng(12).normal(size=(32, 5)).astype("float32")
+    expected = _reference(model, x, shortcut_dense)
+    actual = relevance_model.predict(x, verbose=0)
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
+def _conv_block(flat_head=False):
+    """A ResNet bottleneck: convolutions with BatchNorm (folded), a convolution shortcut."""
+    keras.utils.set_random_seed(13)
+    x = keras.Input((8, 8, 3))
+    a = L.Conv2D(4, 3, padding="same", activation="relu", name="stem")(x)
+    h = L.Conv2D(4, 1, activation="relu", name="first")(a)
+    h = L.Conv2D(8, 3, padding="same", use_bias=False, name="third")(h)
+    h = L.BatchNormalization(name="third_bn")(h)
+    shortcut = L.BatchNormalization(name="shortcut_bn")(L.Conv2D(8, 1, name="shortcut")(a))
+    y = L.ReLU(name="out")(L.Add(name="add")([shortcut, h]))
+    head = L.Dense(3, name="head")(L.GlobalAveragePooling2D(name="gap")(y))
+    model = keras.Model(x, head)
+    rng = np.random.default_rng(14)
+    for name in ("third_bn", "shortcut_bn"):
+        layer = model.get_layer(name)
+        gamma, beta, mean, variance = layer.get_weights()
+        layer.set_weights([rng.uniform(0.5, 2.0, gamma.shape), rng.normal(0, 0.5, beta.shape),
+                           rng.normal(0, 0.5, mean.shape), rng.uniform(0.5, 2.0, variance.shape)])
+    return model
+
+
+@pytest.mark.parametrize("flat_pooling", [False, True])
+def test_the_addend_computed_again_matches_the_held_one(flat_pooling, monkeypatch):
+    """Against the same relevance model holding the addend: within float32 rounding. With the
+    flat rule on the pooling the ReLU's zeros get relevance, so the ``Add`` reads its own sum
+    (not ``relu``) and the addend computed again is the held one up to rounding everywhere."""
+    model = _conv_block()
+    composite = tf_dtd.Composite(default=rules.Epsilon(EPSILON),
+                                 by_name={"gap": rules.Flat()} if flat_pooling else {})
+    x = np.random.default_rng(15).uniform(0, 1, size=(16, 8, 8, 3)).astype("float32")
+    derived = tf_dtd.relevance_model(model, composite)
+    assert _again(derived) == ["third_output_again"]
+    assert _reads(derived, "add")[2] == ("add" if flat_pooling else "out")  # its z
+    actual = derived.predict(x, verbose=0)
+    monkeypatch.setattr(build_lib._Walk, "derived_addends", lambda self: {})
+    held = tf_dtd.relevance_model(model, composite)
+    assert _again(held) == []
+    expected = held.predict(x, verbose=0)
+    assert np.abs(expected).max() > 0
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("preset", ["lrp_epsilon_plus", "deep_taylor_bounded"])
+def test_rules_that_do_not_read_the_sum_hold_the_addends(preset):
+    """z⁺ on the Add shares by the addends' positive parts and spreads lost relevance by their
+    size: ``sum − others`` is no substitute where the sum is negative."""
+    relevance_model = tf_dtd.relevance_model(_conv_block(), preset, input_range=(0.0, 1.0))
+    assert _again(relevance_model) == []
+
+
+def test_an_addend_read_elsewhere_or_added_to_itself_is_held():
+    """third's output read by a second head too is held; the second head's output, read by the
+    model's final Add alone, is computed again from the logits."""
+    assert _again(tf_dtd.relevance_model(_block(second_reader=True),
+                                         rules.Epsilon(EPSILON))) == ["aside_output_again"]
+    assert _again(tf_dtd.relevance_model(_block(twice=True), rules.Epsilon(EPSILON))) == []
+
+
+def test_gamma_on_the_addends_layer_keeps_it():
+    """γ reads the sign of its layer's output: a value equal up to rounding is not enough."""
+    composite = tf_dtd.Composite(default=rules.Epsilon(EPSILON),
+                                 by_name={"third": rules.Gamma(0.25)})
+    relevance_model = tf_dtd.relevance_model(_block(shortcut_dense=True), composite)
+    assert _again(relevance_model) == ["shortcut_output_again"]  # the other addend instead
+
+
+def test_the_addend_computed_again_saves_and_loads(tmp_path):
+    relevance_model = tf_dtd.relevance_model(_conv_block(), rules.Epsilon(EPSILON))
+    x = np.random.default_rng(16).uniform(0, 1, size=(4, 8, 8, 3)).astype("float32")
+    path = str(tmp_path / "addend.keras")
+    relevance_model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert _again(loaded) == ["third_output_again"]
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0),
+                                  relevance_model.predict(x, verbose=0))
