@@ -20,7 +20,7 @@ L = keras.layers
 EPSILON = 0.25
 
 
-def _block(shortcut_dense=False, second_reader=False, twice=False):
+def _block(shortcut_dense=False, second_reader=False, twice=False, dropout=False):
     """stem → first (ReLU) → third, added to the stem's output (or a Dense shortcut of it),
     then a ReLU and the head."""
     keras.utils.set_random_seed(11)
@@ -28,6 +28,8 @@ def _block(shortcut_dense=False, second_reader=False, twice=False):
     a = L.Dense(6, activation="relu", name="stem")(x)
     h = L.Dense(6, activation="relu", name="first")(a)
     h = L.Dense(6, name="third")(h)
+    if dropout:
+        h = L.Dropout(0.5, name="drop")(h)
     shortcut = L.Dense(6, name="shortcut")(a) if shortcut_dense else a
     y = L.Add(name="add")([h, h] if twice else [shortcut, h])
     outputs = L.Dense(3, name="head")(L.ReLU(name="out")(y))
@@ -151,6 +153,13 @@ def test_an_addend_read_elsewhere_or_added_to_itself_is_held():
     assert _again(tf_dtd.relevance_model(_block(second_reader=True),
                                          rules.Epsilon(EPSILON))) == ["aside_output_again"]
     assert _again(tf_dtd.relevance_model(_block(twice=True), rules.Epsilon(EPSILON))) == []
+
+
+def test_an_addend_behind_a_dropout_is_held():
+    """The Dropout passes relevance through and is an identity at inference: its output frees
+    nothing (third's output, which third's ε reads, is what the pass holds), so neither is
+    computed again (EfficientNet's drop-connect before each Add)."""
+    assert _again(tf_dtd.relevance_model(_block(dropout=True), rules.Epsilon(EPSILON))) == []
 
 
 def test_gamma_on_the_addends_layer_keeps_it():

@@ -236,7 +236,8 @@ class _Walk:
         sends relevance only as products of its inputs (LRP-0, ε), and the addend's own layer
         reads its output not at all or only as such a denominator: ``z − Σ others`` serves for
         it (see :mod:`tf_dtd.relevance.recompute`), and the pass no longer holds it (ResNet50,
-        LRP-ε: the third convolution of each block, 4× the width of the other two).
+        LRP-ε: the third convolution of each block, 4× the width of the other two). Not behind
+        a layer that passes relevance through (a ``Dropout``: its input is what is held).
         """
         consumers, steps, result = self.graph.consumers(), self.plan.steps, {}
         held = set(self.rectified.values()) | {self.graph.input_id}
@@ -250,7 +251,7 @@ class _Walk:
             for operand in reversed(node.inputs):
                 producer = self.step_of.get(operand)
                 own = None if producer is None else self.reverse[producer]
-                if (producer is None or operand in held or node.inputs.count(operand) != 1
+                if (own is None or operand in held or node.inputs.count(operand) != 1
                         or consumers.get(operand) != [node]
                         or _reads_output_beyond_units(own, dtype)):
                     continue
