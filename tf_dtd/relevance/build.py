@@ -237,10 +237,10 @@ class _Walk:
         reads its output not at all or only as such a denominator: ``z − Σ others`` serves for
         it (see :mod:`tf_dtd.relevance.recompute`), and the pass no longer holds it (ResNet50,
         LRP-ε: the third convolution of each block, 4× the width of the other two). Not behind
-        a layer that passes relevance through (a ``Dropout``: its input is what is held).
+        a layer that passes relevance through (a ``Dropout``: its input is what is held; a
+        ReLU whose output a layer reads as its ``z``; the model input).
         """
         consumers, steps, result = self.graph.consumers(), self.plan.steps, {}
-        held = set(self.rectified.values()) | {self.graph.input_id}
         for index, reverse in self.reverse.items():
             node = steps[index].node
             dtype = self.graph.tensors[node.outputs[0]].dtype
@@ -251,7 +251,7 @@ class _Walk:
             for operand in reversed(node.inputs):
                 producer = self.step_of.get(operand)
                 own = None if producer is None else self.reverse[producer]
-                if (own is None or operand in held or node.inputs.count(operand) != 1
+                if (own is None or node.inputs.count(operand) != 1
                         or consumers.get(operand) != [node]
                         or _reads_output_beyond_units(own, dtype)):
                     continue
@@ -275,8 +275,8 @@ class _Walk:
     def forward_input(self, tensor_id, relevance):
         """The forward tensor ``tensor_id`` as a relevance layer reads it: the output of an
         activation whose input ``z`` the pass holds anyway (the layer before reads its own
-        output) is computed again from ``z`` when ``relevance`` arrives (see
-        :mod:`tf_dtd.relevance.recompute`)."""
+        output) is computed again from ``z`` when ``relevance`` arrives, and so is an addend
+        only an ``Add`` reads, from the sum (see :mod:`tf_dtd.relevance.recompute`)."""
         if tensor_id in self.derived:
             return self.addend_again(tensor_id, relevance)
         tensor = self.graph.tensors[tensor_id]
