@@ -97,7 +97,7 @@ def test_epsilon_computes_the_third_layers_output_again(shortcut_dense):
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
 
 
-def _conv_block(flat_head=False):
+def _conv_block():
     """A ResNet bottleneck: convolutions with BatchNorm (folded), a convolution shortcut."""
     keras.utils.set_random_seed(13)
     x = keras.Input((8, 8, 3))
