@@ -1,4 +1,4 @@
-"""An addend of a sum computed again from the sum instead of held (``_Walk.derived_addends``).
+"""An addend of a sum computed again from the sum instead of held (``reuse.derived_addends``).
 
 Under LRP-0/ε an ``Add`` reads its ``z`` unit by unit and sends relevance as products of its
 inputs; an addend that only the ``Add`` reads (ResNet's third convolution) is then computed again
@@ -13,7 +13,7 @@ import pytest
 
 import tf_dtd
 from tf_dtd import rules
-from tf_dtd.relevance import build as build_lib
+from tf_dtd.relevance import reuse
 from tf_dtd.relevance.recompute import AddendAgain
 
 L = keras.layers
@@ -131,7 +131,7 @@ def test_the_addend_computed_again_matches_the_held_one(flat_pooling, monkeypatc
     assert _again(derived) == ["third_output_again"]
     assert _reads(derived, "add")[2] == ("add" if flat_pooling else "out")  # its z
     actual = derived.predict(x, verbose=0)
-    monkeypatch.setattr(build_lib._Walk, "derived_addends", lambda self: {})
+    monkeypatch.setattr(reuse, "derived_addends", lambda plan, reverse: {})
     held = tf_dtd.relevance_model(model, composite)
     assert _again(held) == []
     expected = held.predict(x, verbose=0)

@@ -4,7 +4,7 @@ A layer under LRP-ε reads its input ``x = act(z)`` and its own output; where th
 reads its ``z`` too, the relevance model recomputes ``act(z)`` when relevance arrives rather
 than holding both tensors from the forward pass (tf_dtd.relevance.recompute). Behind a plain
 ReLU whose readers send no relevance where it is 0, the layer reads ``relu(z)`` as its ``z``
-instead, and nothing is computed again (``_Walk.rectified_outputs``).
+instead, and nothing is computed again (``reuse.rectified_outputs``).
 """
 
 import keras
@@ -167,3 +167,83 @@ def test_a_reader_that_sends_relevance_to_zero_inputs_keeps_z():
     expected = _relu_reference(model, x, flat_third=True)
     actual = relevance_model.predict(x, verbose=0)
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
+GAMMA = 0.25
+
+
+def _pooled_model():
+    """Two pointwise layers with ReLUs over 6 positions, a global max-pooling, a linear head."""
+    keras.utils.set_random_seed(9)
+    x = keras.Input((6, 3))
+    h = L.Dense(5, activation="relu", name="first")(x)
+    h = L.Dense(4, activation="relu", name="second")(h)
+    h = L.GlobalMaxPooling1D(name="pool")(h)
+    return keras.Model(x, L.Dense(3, name="head")(h))
+
+
+def _gamma_back(a, kernel, bias, relevance):
+    """float64 generalised γ: ``a⁺(w + γw⁺) + a⁻(w + γw⁻)`` (bias ``b + γb⁺``) where
+    ``z_j ≥ 0``, ``a⁺(w + γw⁻) + a⁻(w + γw⁺)`` (bias ``b + γb⁻``) where ``z_j < 0``."""
+    a_pos, a_neg = np.maximum(a, 0), np.minimum(a, 0)
+    up = kernel + GAMMA * np.maximum(kernel, 0)
+    down = kernel + GAMMA * np.minimum(kernel, 0)
+    positive = a @ kernel + bias >= 0
+    den_pos = a_pos @ up + a_neg @ down + bias + GAMMA * np.maximum(bias, 0)
+    den_neg = a_pos @ down + a_neg @ up + bias + GAMMA * np.minimum(bias, 0)
+    den = np.where(positive, den_pos, den_neg)
+    share = np.divide(relevance, den, out=np.zeros_like(den), where=den != 0)
+    s_pos, s_neg = np.where(positive, share, 0), np.where(positive, 0, share)
+    return (a_pos * (s_pos @ up.T + s_neg @ down.T) + a_neg * (s_pos @ down.T + s_neg @ up.T))
+
+
+def _pooled_reference(model, x):
+    """float64 γ on first and second, winner-take-all pooling (ties share), ε on head, of
+    the top logit, written out."""
+    def weights(name):
+        return [w.astype("float64") for w in model.get_layer(name).get_weights()]
+
+    a0 = x.astype("float64")
+    a1 = np.maximum(a0 @ weights("first")[0] + weights("first")[1], 0)
+    a2 = np.maximum(a1 @ weights("second")[0] + weights("second")[1], 0)
+    pooled = a2.max(axis=1)
+    kernel, bias = weights("head")
+    z = pooled @ kernel + bias
+    rows, top = np.arange(len(z)), z.argmax(axis=1)
+    relevance = np.zeros_like(z)
+    relevance[rows, top] = z[rows, top]
+    stabilized = z + EPSILON * np.where(z >= 0, 1.0, -1.0)
+    relevance = pooled * ((relevance / stabilized) @ kernel.T)
+    ties = (a2 == pooled[:, None, :]).astype("float64")
+    relevance = ties * (relevance / ties.sum(axis=1))[:, None, :]
+    relevance = _gamma_back(a1, *weights("second"), relevance)
+    return _gamma_back(a0, *weights("first"), relevance)
+
+
+def test_gamma_reads_the_output_of_a_plain_relu_as_z_behind_a_max_pooling():
+    """γ reads ``z`` for its sign and denominator only where relevance is: behind a ReLU whose
+    readers send none where it is 0 — second's γ, and the max-pooling, whose zeros win only
+    windows whose maximum is 0, before an ε head — ``relu(z)`` serves. On signed inputs
+    (first) and on inputs ≥ 0 (second, both signs from one convolution)."""
+    model = _pooled_model()
+    composite = tf_dtd.Composite(default=rules.Gamma(GAMMA),
+                                 by_name={"head": rules.Epsilon(EPSILON)})
+    relevance_model = tf_dtd.relevance_model(model, composite)
+    assert [_z_read_by(relevance_model, name) for name in ["first", "second"]] == [
+        "first_activation", "second_activation"]
+    assert _recomputed(relevance_model) == []
+    x = np.random.default_rng(10).normal(size=(16, 6, 3)).astype("float32")
+    expected = _pooled_reference(model, x)
+    actual = relevance_model.predict(x, verbose=0)
+    assert np.abs(expected).max() > 0
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
+def test_a_max_pooling_whose_reader_fills_zeros_keeps_z():
+    """The flat rule on the head gives relevance to pooled zeros, which the pooling hands to
+    inputs that are 0: second must read its own ``z`` (its sign there)."""
+    model = _pooled_model()
+    composite = tf_dtd.Composite(default=rules.Gamma(GAMMA), by_name={"head": rules.Flat()})
+    relevance_model = tf_dtd.relevance_model(model, composite)
+    assert [_z_read_by(relevance_model, name) for name in ["first", "second"]] == [
+        "first_activation", "second_relevance"]

@@ -5,7 +5,8 @@ The forward half is the canonical copy itself. :func:`build` makes each step's r
 several consumers is summed. No layer class is special-cased here: what each node needs was
 decided in the plan. An activation output a relevance layer reads is computed again from the
 activation's input where that input is held for the pass anyway, and an addend that only an
-``Add`` reads from the sum and the other addends (:mod:`tf_dtd.relevance.recompute`).
+``Add`` reads from the sum and the other addends (:mod:`tf_dtd.relevance.recompute`); which
+forward tensors serve in place of others is decided first (:mod:`tf_dtd.relevance.reuse`).
 """
 
 import dataclasses
@@ -18,6 +19,7 @@ from tf_dtd import rules as rules_lib
 from tf_dtd.errors import InvalidArgumentError, UnsupportedModelError, describe
 from tf_dtd.model import analysis
 from tf_dtd.model.batch import TrimBatch
+from tf_dtd.relevance import reuse
 from tf_dtd.relevance.endpoints import InputConstant, TargetRelevance
 from tf_dtd.relevance.recompute import RECOMPUTED_LAYERS, AddendAgain, AfterRelevance
 
@@ -167,8 +169,8 @@ class _Walk:
         """Relevance at the graph input, starting from ``start`` at its output."""
         for index, step in enumerate(self.plan.steps):
             self.reverse[index] = self.reverse_layer(step)
-        self.rectified = self.rectified_outputs()
-        self.derived = self.derived_addends()
+        self.rectified = reuse.rectified_outputs(self.plan, self.reverse)
+        self.derived = reuse.derived_addends(self.plan, self.reverse)
         incoming = {self.graph.output_id: [start]}
         for index in reversed(range(len(self.plan.steps))):
             step = self.plan.steps[index]
@@ -197,67 +199,6 @@ class _Walk:
         if isinstance(step.rule, rules_lib.Pass):
             return None
         return step.layer_type.handler(step.node.layer, step.rule, step.context)
-
-    def rectified_outputs(self):
-        """Step index -> the output of the plain ReLU it reads as its ``z``.
-
-        A layer whose output only a ReLU reads, and that reads it as a denominator unit by unit
-        (LRP-0, ε), can read ``relu(z)`` instead where every layer reading the ReLU's output
-        sends no relevance where it is 0: units with ``z ≤ 0`` then hold none, and elsewhere
-        ``relu(z) = z``, bit for bit. The pass then holds the ReLU's output alone and computes no
-        ReLU again (:meth:`forward_input`), and the forward pass can fuse it into the map
-        (ResNet50, LRP-ε, batch 8: the ReLUs were 7 % of the time, computed twice).
-        """
-        consumers, steps, result = self.graph.consumers(), self.plan.steps, {}
-        for index, reverse in self.reverse.items():
-            z_id = steps[index].node.outputs[0]
-            readers = consumers.get(z_id, [])
-            reads = getattr(reverse, "reads_output_unit_by_unit", None)
-            if len(readers) != 1 or reads is None or not reads(self.graph.tensors[z_id].dtype):
-                continue
-            relu = self.step_of.get(readers[0].outputs[0])
-            if relu is None:
-                continue
-            relu_id = steps[relu].node.outputs[0]
-            after = [self.reverse.get(self.step_of.get(node.outputs[0]))
-                     for node in consumers.get(relu_id, [])]
-            if (self.reverse[relu] is None and _is_plain_relu(steps[relu].layer)
-                    and relu_id != self.graph.output_id and after
-                    and self.graph.tensors[relu_id].dtype == self.graph.tensors[z_id].dtype
-                    and all(getattr(layer, "sends_zero_where_input_is_zero", bool)()
-                            for layer in after)):
-                result[index] = relu_id
-        return result
-
-    def derived_addends(self):
-        """Tensor id -> step index of the ``Add`` whose ``z`` minus its other addends gives it.
-
-        An addend that only an ``Add`` reads, where the ``Add`` reads its ``z`` unit by unit and
-        sends relevance only as products of its inputs (LRP-0, ε), and the addend's own layer
-        reads its output not at all or only as such a denominator: ``z − Σ others`` serves for
-        it (see :mod:`tf_dtd.relevance.recompute`), and the pass no longer holds it (ResNet50,
-        LRP-ε: the third convolution of each block, 4× the width of the other two). Not behind
-        a layer that passes relevance through (a ``Dropout``: its input is what is held; a
-        ReLU whose output a layer reads as its ``z``; the model input).
-        """
-        consumers, steps, result = self.graph.consumers(), self.plan.steps, {}
-        for index, reverse in self.reverse.items():
-            node = steps[index].node
-            dtype = self.graph.tensors[node.outputs[0]].dtype
-            reads = getattr(reverse, "reads_output_unit_by_unit", None)
-            if (type(steps[index].layer) is not keras.layers.Add or reads is None
-                    or not reads(dtype) or not reverse.sends_zero_where_input_is_zero()):
-                continue
-            for operand in reversed(node.inputs):
-                producer = self.step_of.get(operand)
-                own = None if producer is None else self.reverse[producer]
-                if (own is None or node.inputs.count(operand) != 1
-                        or consumers.get(operand) != [node]
-                        or _reads_output_beyond_units(own, dtype)):
-                    continue
-                result[operand] = index
-                break
-        return result
 
     def addend_again(self, tensor_id, relevance):
         """The addend ``tensor_id`` computed again when ``relevance`` arrives (once)."""
@@ -366,18 +307,3 @@ class _Walk:
             self.constants[memo] = value
         return self.constants[memo]
 
-
-def _reads_output_beyond_units(layer, dtype):
-    """Whether a relevance layer reads its forward output other than as a denominator, each
-    unit for itself (a sign, a statistic of the sample)."""
-    reads = getattr(layer, "reads_output", None)
-    return bool(reads and reads(dtype)) and not layer.reads_output_unit_by_unit(dtype)
-
-
-def _is_plain_relu(layer):
-    """``max(x, 0)``: a ``ReLU`` without cap, slope or threshold, or ``Activation("relu")``."""
-    if isinstance(layer, keras.layers.ReLU):
-        return (layer.max_value is None and not layer.negative_slope
-                and not layer.threshold)
-    return (isinstance(layer, keras.layers.Activation)
-            and analysis.activation_name(layer) == "relu")

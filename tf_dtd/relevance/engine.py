@@ -143,12 +143,18 @@ class LinearRelevance(BySignParts, ReceptiveFieldSpread, keras.layers.Layer):
         return any(part.reads_output for part in self._parts())
 
     def reads_output_unit_by_unit(self, dtype):
-        """Whether the call reads its output ``z`` only as a denominator, each unit for itself
-        (no sign, no statistic of the sample): where relevance is 0 at every unit with
-        ``z ≤ 0``, ``relu(z)`` then serves as ``z`` (see :meth:`sends_zero_where_input_is_zero`)."""
-        return self.reads_output(dtype) and all(
+        """Whether the call reads its output ``z`` each unit for itself and only where the unit
+        holds relevance (a denominator; a sign choosing its coefficients, γ), no statistic of
+        the sample: where relevance is 0 at every unit with ``z ≤ 0``, ``relu(z)`` then serves
+        as ``z`` (see :meth:`sends_zero_where_input_is_zero`)."""
+        return self.reads_output(dtype) and not any(
+            part.epsilon and part.relative_epsilon for part in self._parts() if part.reads_output)
+
+    def reads_output_as_denominator(self, dtype):
+        """Whether the call reads its output ``z`` only as a denominator, unit by unit (no sign
+        either): a ``z`` computed again, equal up to rounding, then serves."""
+        return self.reads_output_unit_by_unit(dtype) and all(
             part.is_output and part.where is None and part.by_sign is None
-            and not (part.epsilon and part.relative_epsilon)
             for part in self._parts() if part.reads_output)
 
     def sends_zero_where_input_is_zero(self):

@@ -48,6 +48,12 @@ class MaxPoolRelevance(ForwardCopy, keras.layers.Layer):
     def build(self, input_shape):
         self._build_wrapped([tuple(input_shape[0])])
 
+    @staticmethod
+    def feeds_zeros_only_from_zeros():
+        """An input that is 0 gets relevance only from windows whose maximum it attains, whose
+        output is then 0 (see :mod:`tf_dtd.relevance.reuse`)."""
+        return True
+
     def call(self, inputs):
         x, relevance = inputs
         layer = self.forward_layer

@@ -8,13 +8,13 @@ both from the forward pass to the relevance pass doubles what the pass holds. Th
 once relevance reaches it (:class:`AfterRelevance`): an element-wise op, and ``x`` is freed
 as soon as the forward pass has used it. Behind a plain ReLU whose readers send no relevance
 where it is 0, the builder has the layer read ``relu(z)`` as its ``z`` instead, and nothing is
-computed again (``_Walk.rectified_outputs``).
+computed again (:func:`tf_dtd.relevance.reuse.rectified_outputs`).
 
 An addend of a sum that only the sum reads (ResNet's third convolution, whose output the
 ``Add``'s LRP-ε and the convolution's own ε read) is computed again as the sum's ``z`` minus the
-other addends (:class:`AddendAgain`, ``_Walk.derived_addends``), which the pass holds anyway:
-equal up to float32 rounding where the sum is positive, and wherever the ``Add`` reads
-``relu(sum)`` as its ``z``, the units with ``sum ≤ 0`` hold no relevance.
+other addends (:class:`AddendAgain`, :func:`~tf_dtd.relevance.reuse.derived_addends`), which
+the pass holds anyway: equal up to float32 rounding where the sum is positive, and wherever the
+``Add`` reads ``relu(sum)`` as its ``z``, the units with ``sum ≤ 0`` hold no relevance.
 """
 
 import keras
