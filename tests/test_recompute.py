@@ -179,7 +179,9 @@ def _pooled_model():
     h = L.Dense(5, activation="relu", name="first")(x)
     h = L.Dense(4, activation="relu", name="second")(h)
     h = L.GlobalMaxPooling1D(name="pool")(h)
-    return keras.Model(x, L.Dense(3, name="head")(h))
+    model = keras.Model(x, L.Dense(3, name="head")(h))
+    model.get_layer("second").bias.assign([-3.0, 0.1, 0.0, -0.2])  # channel 0: mostly z < 0
+    return model
 
 
 def _gamma_back(a, kernel, bias, relevance):
@@ -197,9 +199,9 @@ def _gamma_back(a, kernel, bias, relevance):
     return (a_pos * (s_pos @ up.T + s_neg @ down.T) + a_neg * (s_pos @ down.T + s_neg @ up.T))
 
 
-def _pooled_reference(model, x):
-    """float64 γ on first and second, winner-take-all pooling (ties share), ε on head, of
-    the top logit, written out."""
+def _pooled_reference(model, x, flat_head=False):
+    """float64 γ on first and second, winner-take-all pooling (ties share), ε on head (or the
+    flat rule, ``R_i = Σ_j R_j / n``), of the top logit, written out."""
     def weights(name):
         return [w.astype("float64") for w in model.get_layer(name).get_weights()]
 
@@ -212,8 +214,12 @@ def _pooled_reference(model, x):
     rows, top = np.arange(len(z)), z.argmax(axis=1)
     relevance = np.zeros_like(z)
     relevance[rows, top] = z[rows, top]
-    stabilized = z + EPSILON * np.where(z >= 0, 1.0, -1.0)
-    relevance = pooled * ((relevance / stabilized) @ kernel.T)
+    if flat_head:
+        relevance = np.repeat(relevance.sum(axis=1, keepdims=True) / len(kernel), len(kernel),
+                              axis=1)
+    else:
+        stabilized = z + EPSILON * np.where(z >= 0, 1.0, -1.0)
+        relevance = pooled * ((relevance / stabilized) @ kernel.T)
     ties = (a2 == pooled[:, None, :]).astype("float64")
     relevance = ties * (relevance / ties.sum(axis=1))[:, None, :]
     relevance = _gamma_back(a1, *weights("second"), relevance)
@@ -241,9 +247,18 @@ def test_gamma_reads_the_output_of_a_plain_relu_as_z_behind_a_max_pooling():
 
 def test_a_max_pooling_whose_reader_fills_zeros_keeps_z():
     """The flat rule on the head gives relevance to pooled zeros, which the pooling hands to
-    inputs that are 0: second must read its own ``z`` (its sign there)."""
+    inputs that are 0: second must read its own ``z`` (its sign there), and its units with
+    ``z < 0`` that hold relevance take the negative sign's coefficients."""
     model = _pooled_model()
     composite = tf_dtd.Composite(default=rules.Gamma(GAMMA), by_name={"head": rules.Flat()})
     relevance_model = tf_dtd.relevance_model(model, composite)
     assert [_z_read_by(relevance_model, name) for name in ["first", "second"]] == [
         "first_activation", "second_relevance"]
+    x = np.random.default_rng(11).normal(size=(16, 6, 3)).astype("float32")
+    expected = _pooled_reference(model, x, flat_head=True)
+    kernel, bias = model.get_layer("second").get_weights()
+    z = np.maximum(x @ model.get_layer("first").get_weights()[0]
+                   + model.get_layer("first").get_weights()[1], 0) @ kernel + bias
+    assert (z.max(axis=1) < 0).any()  # a channel all negative: its ties hold relevance
+    actual = relevance_model.predict(x, verbose=0)
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
