@@ -240,9 +240,18 @@ def test_gamma_reads_the_output_of_a_plain_relu_as_z_behind_a_max_pooling():
     assert _recomputed(relevance_model) == []
     x = np.random.default_rng(10).normal(size=(16, 6, 3)).astype("float32")
     expected = _pooled_reference(model, x)
-    actual = relevance_model.predict(x, verbose=0)
     assert np.abs(expected).max() > 0
-    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    _assert_plain_and_xla_match(relevance_model, model, composite, x, expected)
+
+
+def _assert_plain_and_xla_match(relevance_model, model, composite, x, expected):
+    """The relevance model, and one compiled with XLA (its sign tests are nested conds),
+    against the float64 reference."""
+    compiled = tf_dtd.relevance_model(model, composite)
+    compiled.compile(jit_compile=True)
+    for actual in relevance_model.predict(x, verbose=0), compiled.predict(x, verbose=0):
+        np.testing.assert_allclose(actual, expected, rtol=1e-4,
+                                   atol=1e-5 * np.abs(expected).max())
 
 
 def test_a_max_pooling_whose_reader_fills_zeros_keeps_z():
@@ -260,5 +269,4 @@ def test_a_max_pooling_whose_reader_fills_zeros_keeps_z():
     z = np.maximum(x @ model.get_layer("first").get_weights()[0]
                    + model.get_layer("first").get_weights()[1], 0) @ kernel + bias
     assert (z.max(axis=1) < 0).any()  # a channel all negative: its ties hold relevance
-    actual = relevance_model.predict(x, verbose=0)
-    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    _assert_plain_and_xla_match(relevance_model, model, composite, x, expected)
