@@ -162,12 +162,35 @@ def test_an_addend_behind_a_dropout_is_held():
     assert _again(tf_dtd.relevance_model(_block(dropout=True), rules.Epsilon(EPSILON))) == []
 
 
-def test_gamma_on_the_addends_layer_keeps_it():
-    """γ reads the sign of its layer's output: a value equal up to rounding is not enough."""
+def test_gamma_on_the_addends_layer_reads_it_computed_again(monkeypatch):
+    """γ reads its output's sign and denominator each unit for itself, only where relevance
+    is: third's output is computed again, and where rounding flips the sign of a unit near 0
+    the relevance it moves is as small as the unit — the held model's heatmaps within float32
+    rounding."""
     composite = tf_dtd.Composite(default=rules.Epsilon(EPSILON),
                                  by_name={"third": rules.Gamma(0.25)})
+    model = _block(shortcut_dense=True)
+    x = np.random.default_rng(17).normal(size=(32, 5)).astype("float32")
+    derived = tf_dtd.relevance_model(model, composite)
+    assert _again(derived) == ["third_output_again"]
+    actual = derived.predict(x, verbose=0)
+    monkeypatch.setattr(reuse, "derived_addends", lambda plan, reverse: {})
+    held = tf_dtd.relevance_model(model, composite)
+    assert _again(held) == []
+    expected = held.predict(x, verbose=0)
+    assert np.abs(expected).max() > 0
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
+def test_relative_epsilon_on_the_addends_layer_keeps_it():
+    """Relative ε scales its stabiliser by a statistic of the sample's whole output, and where
+    the ``Add`` reads ``relu(sum)`` the addend computed again is wrong at units with sum ≤ 0,
+    which that statistic would read: the other addend (the Dense shortcut's) is computed again
+    instead."""
+    composite = tf_dtd.Composite(default=rules.Epsilon(EPSILON),
+                                 by_name={"third": rules.Epsilon(0.25, relative=True)})
     relevance_model = tf_dtd.relevance_model(_block(shortcut_dense=True), composite)
-    assert _again(relevance_model) == ["shortcut_output_again"]  # the other addend instead
+    assert _again(relevance_model) == ["shortcut_output_again"]
 
 
 def test_the_addend_computed_again_saves_and_loads(tmp_path):

@@ -81,11 +81,13 @@ def derived_addends(plan, reverse):
 
     An addend that only an ``Add`` reads, where the ``Add`` reads its ``z`` as a denominator and
     sends relevance only as products of its inputs (LRP-0, ε), and the addend's own layer reads
-    its output not at all or only as such a denominator (a ``z`` equal up to rounding serves;
-    a sign would not): ``z − Σ others`` serves for it, and the pass no longer holds it (ResNet50,
-    LRP-ε: the third convolution of each block, 4× the width of the other two). Not behind a
-    layer that passes relevance through (a ``Dropout``: its input is what is held; a ReLU whose
-    output a layer reads as its ``z``; the model input).
+    its output not at all or unit by unit (a denominator; γ's sign): ``z − Σ others`` serves for
+    it, and the pass no longer holds it (ResNet50, LRP-ε and γ: the third convolution of each
+    block, 4× the width of the other two). Where rounding flips the sign of a unit near 0, γ
+    takes the other sign's coefficients there; that unit holds a share of the sum as small as
+    itself, and either sign passes on at most about ``1 + 1/γ`` times it. Not behind a layer
+    that passes relevance through (a ``Dropout``: its input is what is held; a ReLU whose output
+    a layer reads as its ``z``; the model input).
 
     Args:
         plan: the :class:`~tf_dtd.relevance.plan.Plan`.
@@ -104,18 +106,18 @@ def derived_addends(plan, reverse):
             own = None if producer is None else reverse[producer]
             if (own is None or node.inputs.count(operand) != 1
                     or graph.consumers.get(operand) != [node]
-                    or _reads_output_beyond_denominators(own, dtype)):
+                    or _reads_output_beyond_units(own, dtype)):
                 continue
             result[operand] = index
             break
     return result
 
 
-def _reads_output_beyond_denominators(layer, dtype):
-    """Whether a relevance layer reads its forward output other than as a denominator, each
-    unit for itself (a sign, a statistic of the sample)."""
+def _reads_output_beyond_units(layer, dtype):
+    """Whether a relevance layer reads its forward output other than unit by unit (a statistic
+    of the sample, relative ε)."""
     reads = getattr(layer, "reads_output", None)
-    return bool(reads and reads(dtype)) and not layer.reads_output_as_denominator(dtype)
+    return bool(reads and reads(dtype)) and not layer.reads_output_unit_by_unit(dtype)
 
 
 def _is_plain_relu(layer):
