@@ -118,6 +118,18 @@ def _conv_block():
     return model
 
 
+def _assert_matches_held(derived, model, composite, x, monkeypatch):
+    """``derived``'s heatmaps against the same relevance model holding every addend (the
+    derivation patched off): within float32 rounding."""
+    actual = derived.predict(x, verbose=0)
+    monkeypatch.setattr(reuse, "derived_addends", lambda plan, reverse: {})
+    held = tf_dtd.relevance_model(model, composite)
+    assert _again(held) == []
+    expected = held.predict(x, verbose=0)
+    assert np.abs(expected).max() > 0
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
 @pytest.mark.parametrize("flat_pooling", [False, True])
 def test_the_addend_computed_again_matches_the_held_one(flat_pooling, monkeypatch):
     """Against the same relevance model holding the addend: within float32 rounding. With the
@@ -130,13 +142,7 @@ def test_the_addend_computed_again_matches_the_held_one(flat_pooling, monkeypatc
     derived = tf_dtd.relevance_model(model, composite)
     assert _again(derived) == ["third_output_again"]
     assert _reads(derived, "add")[2] == ("add" if flat_pooling else "out")  # its z
-    actual = derived.predict(x, verbose=0)
-    monkeypatch.setattr(reuse, "derived_addends", lambda plan, reverse: {})
-    held = tf_dtd.relevance_model(model, composite)
-    assert _again(held) == []
-    expected = held.predict(x, verbose=0)
-    assert np.abs(expected).max() > 0
-    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    _assert_matches_held(derived, model, composite, x, monkeypatch)
 
 
 @pytest.mark.parametrize("preset", ["lrp_epsilon_plus", "deep_taylor_bounded"])
@@ -173,13 +179,7 @@ def test_gamma_on_the_addends_layer_reads_it_computed_again(monkeypatch):
     x = np.random.default_rng(17).normal(size=(32, 5)).astype("float32")
     derived = tf_dtd.relevance_model(model, composite)
     assert _again(derived) == ["third_output_again"]
-    actual = derived.predict(x, verbose=0)
-    monkeypatch.setattr(reuse, "derived_addends", lambda plan, reverse: {})
-    held = tf_dtd.relevance_model(model, composite)
-    assert _again(held) == []
-    expected = held.predict(x, verbose=0)
-    assert np.abs(expected).max() > 0
-    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    _assert_matches_held(derived, model, composite, x, monkeypatch)
 
 
 def test_relative_epsilon_on_the_addends_layer_keeps_it():
