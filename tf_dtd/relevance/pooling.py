@@ -111,12 +111,14 @@ def _disjoint_windows(x, relevance, pool, outputs):
     def pooled(t, function):  # (B, *O, C) pooled -> broadcastable over the split windows
         return ops.expand_dims(function(t, pool, strides=pool, padding="valid"), within)
 
-    ties = ops.cast(ops.equal(ops.reshape(covered, split), pooled(covered, ops.max_pool)),
-                    x.dtype)
-    ties = ops.reshape(ties, ops.shape(covered))
-    count = ops.round(pooled(ties, ops.average_pool) * float(np.prod(pool)))
-    shares = ops.reshape(ties, split) * ops.divide_no_nan(ops.expand_dims(relevance, within),
-                                                          count)
+    ties = ops.equal(ops.reshape(covered, split), pooled(covered, ops.max_pool))
+    count = ops.round(pooled(ops.reshape(ops.cast(ties, x.dtype), ops.shape(covered)),
+                             ops.average_pool) * float(np.prod(pool)))
+    # A select on the ties, not their product with the share: one cast fewer of the input's
+    # size (VGG16, batch 8: 115 → 78 ms per call for the five poolings). ``share · 0`` where
+    # an input does not win keeps the product's bits (−0, and NaN from a NaN share).
+    share = ops.divide_no_nan(ops.expand_dims(relevance, within), count)
+    shares = ops.where(ties, share, share * 0.0)
     shares = ops.reshape(shares, ops.shape(covered))
     left_over = [[0, 0], *[[0, n - o * p] for n, o, p in zip(x.shape[1:-1], outputs, pool)],
                  [0, 0]]  # rows a "valid" pooling never reads
