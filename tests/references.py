@@ -115,6 +115,8 @@ def flat_fallback(z_j, r, c, x):
     proportion to the inputs' magnitude ``|x_i|``, evenly where all are zero: ``c`` (I, J) holds
     the structural weights of the layer with an all-ones kernel, ``x`` (B, I) its inputs."""
     dead = (z_j == 0) & (r != 0)
+    if not dead.any():  # nothing to spread (and no (B, I, J) array to build for it)
+        return np.zeros_like(x, dtype=np.result_type(x, r))
     weights = np.abs(x)[:, :, None] * c[None]            # (B, I, J)
     count = weights.sum(axis=1)                           # (B, J)
     even = count == 0
@@ -131,21 +133,28 @@ def reference(rule, x, m, b, r, low=None, high=None, eps=0.0, c=None, return_den
     z^B and w² with a zero denominator spread their relevance flat over it.
     """
     a, w = x[:, :, None], m[None]
-    if rule == "z":
-        z_ij = a * w
-    elif rule == "zplus":
-        z_ij = np.maximum(a * w, 0.0)
-    elif rule == "zbox":
-        z_ij = (a - low[None, :, None]) * np.maximum(w, 0) + (
-            a - high[None, :, None]) * np.minimum(w, 0)
-    elif rule == "wsquare":
-        z_ij = np.broadcast_to(w**2, (len(x),) + m.shape)
-    z_j = z_ij.sum(axis=1)
-    if rule == "z":  # LRP-0 / LRP-ε: the bias and the stabiliser (sign(0) = +1) join z_j
-        z_j = z_j + b
-        z_j = z_j + eps * np.where(z_j >= 0, 1.0, -1.0)
-    s = np.where(z_j == 0, 0.0, r / np.where(z_j == 0, 1.0, z_j))
-    r_in = (z_ij * s[:, None, :]).sum(axis=2)
+    if rule == "zplus" and np.all(x >= 0):
+        # Inputs ≥ 0: (a_i w_ij)⁺ = a_i w⁺_ij, the same sums as matrix products (no (B, I, J)).
+        w_pos = np.maximum(m, 0.0)
+        z_j = x @ w_pos
+        s = np.where(z_j == 0, 0.0, r / np.where(z_j == 0, 1.0, z_j))
+        r_in = x * (s @ w_pos.T)
+    else:
+        if rule == "z":
+            z_ij = a * w
+        elif rule == "zplus":
+            z_ij = np.maximum(a * w, 0.0)
+        elif rule == "zbox":
+            z_ij = (a - low[None, :, None]) * np.maximum(w, 0) + (
+                a - high[None, :, None]) * np.minimum(w, 0)
+        elif rule == "wsquare":
+            z_ij = np.broadcast_to(w**2, (len(x),) + m.shape)
+        z_j = z_ij.sum(axis=1)
+        if rule == "z":  # LRP-0 / LRP-ε: the bias and the stabiliser (sign(0) = +1) join z_j
+            z_j = z_j + b
+            z_j = z_j + eps * np.where(z_j >= 0, 1.0, -1.0)
+        s = np.where(z_j == 0, 0.0, r / np.where(z_j == 0, 1.0, z_j))
+        r_in = (z_ij * s[:, None, :]).sum(axis=2)
     if c is not None and rule != "z":
         r_in = r_in + flat_fallback(z_j, r, c, x)
     return (r_in, z_j) if return_denominator else r_in
