@@ -133,20 +133,21 @@ def reference(rule, x, m, b, r, low=None, high=None, eps=0.0, c=None, return_den
     z^B and w² with a zero denominator spread their relevance flat over it.
     """
     a, w = x[:, :, None], m[None]
-    if rule == "zplus" and np.all(x >= 0):
-        # Inputs ≥ 0: (a_i w_ij)⁺ = a_i w⁺_ij, the same sums as matrix products (no (B, I, J)).
-        w_pos = np.maximum(m, 0.0)
-        z_j = x @ w_pos
+    if rule in ("zplus", "zbox") and (rule == "zbox" or np.all(x >= 0)):
+        # z_ij a sum of products u_i v_ij (z⁺ on inputs ≥ 0: a_i w⁺_ij; z^B: (a_i − l_i) w⁺_ij
+        # + (a_i − h_i) w⁻_ij): the same sums as matrix products, without a (B, I, J) array.
+        if rule == "zplus":
+            factors = [(x, np.maximum(m, 0.0))]
+        else:
+            factors = [(x - low[None], np.maximum(m, 0.0)), (x - high[None], np.minimum(m, 0.0))]
+        z_j = sum(u @ v for u, v in factors)
         s = np.where(z_j == 0, 0.0, r / np.where(z_j == 0, 1.0, z_j))
-        r_in = x * (s @ w_pos.T)
+        r_in = sum(u * (s @ v.T) for u, v in factors)
     else:
         if rule == "z":
             z_ij = a * w
         elif rule == "zplus":
             z_ij = np.maximum(a * w, 0.0)
-        elif rule == "zbox":
-            z_ij = (a - low[None, :, None]) * np.maximum(w, 0) + (
-                a - high[None, :, None]) * np.minimum(w, 0)
         elif rule == "wsquare":
             z_ij = np.broadcast_to(w**2, (len(x),) + m.shape)
         z_j = z_ij.sum(axis=1)
