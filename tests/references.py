@@ -132,7 +132,6 @@ def reference(rule, x, m, b, r, low=None, high=None, eps=0.0, c=None, return_den
     ``c``: the layer's connectivity (its matrix with an all-ones kernel); given, the units of z⁺,
     z^B and w² with a zero denominator spread their relevance flat over it.
     """
-    a, w = x[:, :, None], m[None]
     if rule in ("zplus", "zbox") and (rule == "zbox" or np.all(x >= 0)):
         # z_ij a sum of products u_i v_ij (z⁺ on inputs ≥ 0: a_i w⁺_ij; z^B: (a_i − l_i) w⁺_ij
         # + (a_i − h_i) w⁻_ij): the same sums as matrix products, without a (B, I, J) array.
@@ -144,6 +143,7 @@ def reference(rule, x, m, b, r, low=None, high=None, eps=0.0, c=None, return_den
         s = np.where(z_j == 0, 0.0, r / np.where(z_j == 0, 1.0, z_j))
         r_in = sum(u * (s @ v.T) for u, v in factors)
     else:
+        a, w = x[:, :, None], m[None]
         if rule == "z":
             z_ij = a * w
         elif rule == "zplus":
