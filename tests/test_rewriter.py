@@ -176,13 +176,38 @@ def test_users_model_is_untouched():
         nodes = {id(lay): len(lay._inbound_nodes) for lay in m._flatten_layers()}
         attrs = {id(lay): (lay.trainable, lay.name, getattr(lay, "activation", None))
                  for lay in m._flatten_layers()}
+        variables = [(v.path, v.trainable, v.dtype) for v in m.weights]
+        trainable = len(m.trainable_weights)
         tf_dtd.relevance_model(m, "deep_taylor_bounded", input_range=(0.0, 1.0))
         tf_dtd.relevance_model(m, "lrp_z", target=1)
         assert [w.tobytes() for w in m.get_weights()] == before
+        assert [(v.path, v.trainable, v.dtype) for v in m.weights] == variables
+        assert len(m.trainable_weights) == trainable
         assert m.get_config() == config
         assert {id(lay): len(lay._inbound_nodes) for lay in m._flatten_layers()} == nodes
         assert {id(lay): (lay.trainable, lay.name, getattr(lay, "activation", None))
                 for lay in m._flatten_layers()} == attrs
+
+
+def test_relevance_weights_and_the_models_change_independently():
+    """The relevance model's variables start from the model's values (on the device: a
+    variable made from another's value shares its buffer until either is written), and a write
+    to either leaves the other as it was."""
+    model = _dag(use_bias=True)
+    x = _x((4, 8, 8, 3), low=0.0)
+    relevance_model = tf_dtd.relevance_model(model, "lrp_epsilon")
+    before = relevance_model.predict(x, verbose=0)
+    model_weights = [w.copy() for w in model.get_weights()]
+    relevance_weights = [w.copy() for w in relevance_model.get_weights()]
+    for variable in model.weights:
+        variable.assign(variable * 2.0 + 1.0)
+    np.testing.assert_array_equal(relevance_model.predict(x, verbose=0), before)
+    for w, saved in zip(relevance_model.get_weights(), relevance_weights):
+        np.testing.assert_array_equal(w, saved)
+    for variable in relevance_model.weights:
+        variable.assign(variable * 0.0)
+    for w, saved in zip(model.get_weights(), model_weights):
+        np.testing.assert_array_equal(w, saved * 2.0 + 1.0)
 
 
 @pytest.mark.parametrize("head", ["fused", "activation", "softmax_layer"])

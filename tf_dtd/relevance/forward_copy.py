@@ -6,6 +6,7 @@ in the relevance dtype (never float16), with the original's weights.
 """
 
 import keras
+import tensorflow as tf
 
 __all__ = ["ForwardCopy"]
 
@@ -16,7 +17,9 @@ def _copy(layer, dtype):
         return keras.layers.deserialize(layer), None
     config = keras.layers.serialize(layer)
     config["config"]["dtype"] = dtype
-    return keras.layers.deserialize(config), layer.get_weights()
+    # Tensors read from the variables: the copy's variables share their buffers until either
+    # side is written (see tf_dtd.model.canonize.kernel_weights).
+    return keras.layers.deserialize(config), [tf.convert_to_tensor(v) for v in layer.weights]
 
 
 class ForwardCopy:

@@ -62,8 +62,10 @@ class KernelRelevance(LinearRelevance):
 
     @classmethod
     def with_weights(cls, rule, weights, **kwargs):
-        """A layer whose weights (``{name: array}``, ``None`` for absent) are set when built."""
-        weights = {k: np.asarray(v) for k, v in weights.items() if v is not None}
+        """A layer whose weights (``{name: array or tensor}``, ``None`` for absent) are set
+        when built."""
+        weights = {k: v if tf.is_tensor(v) else np.asarray(v)
+                   for k, v in weights.items() if v is not None}
         layer = cls(rule, weight_shapes={k: v.shape for k, v in weights.items()}, **kwargs)
         layer._initial = weights
         return layer
