@@ -4,7 +4,9 @@ Under LRP-0/ε an ``Add`` reads its ``z`` unit by unit and sends relevance as pr
 inputs; an addend that only the ``Add`` reads (ResNet's third convolution) is then computed again
 as the ``Add``'s ``z`` minus the other addends when relevance arrives, and the pass holds the
 sum and the other addends it holds anyway. Where the ``Add`` reads ``relu(sum)`` as its ``z``,
-the addend computed again is wrong at units with ``sum ≤ 0`` — which hold no relevance.
+the addend computed again is wrong at units with ``sum ≤ 0`` — which hold no relevance. Under
+z⁺ the ``Add`` reads no output of its own: the pass holds the sum in place of the ReLU after it
+and the addend computed again is the held one up to rounding everywhere.
 """
 
 import keras
@@ -14,7 +16,7 @@ import pytest
 import tf_dtd
 from tf_dtd import rules
 from tf_dtd.relevance import reuse
-from tf_dtd.relevance.recompute import AddendAgain
+from tf_dtd.relevance.recompute import AddendAgain, AfterRelevance
 
 L = keras.layers
 EPSILON = 0.25
@@ -145,11 +147,42 @@ def test_the_addend_computed_again_matches_the_held_one(flat_pooling, monkeypatc
     _assert_matches_held(derived, model, composite, x, monkeypatch)
 
 
+def _recomputed(relevance_model):
+    return sorted(layer.name for layer in relevance_model.layers
+                  if isinstance(layer, AfterRelevance))
+
+
+@pytest.mark.parametrize("flat_pooling", [False, True])
 @pytest.mark.parametrize("preset", ["lrp_epsilon_plus", "deep_taylor_bounded"])
-def test_rules_that_do_not_read_the_sum_hold_the_addends(preset):
-    """z⁺ on the Add shares by the addends' positive parts and spreads lost relevance by their
-    size: ``sum − others`` is no substitute where the sum is negative."""
-    relevance_model = tf_dtd.relevance_model(_conv_block(), preset, input_range=(0.0, 1.0))
+def test_z_plus_on_the_sum_computes_the_addend_again_from_the_held_sum(preset, flat_pooling,
+                                                                       monkeypatch):
+    """z⁺ on the Add reads no output of its own: the pass holds the sum in place of the ReLU
+    after it, which is computed again when relevance arrives, and the third convolution's
+    output is the sum minus the shortcut's — up to rounding everywhere, also where the sum is
+    negative (the flat rule on the pooling sends relevance to the ReLU's zeros, and z⁺ on
+    the Add spreads what no positive part explains by the addends' magnitudes)."""
+    model = _conv_block()
+    first = {"first": rules.ZBox(0.0, 1.0)} if preset == "deep_taylor_bounded" else {
+        "fully_connected": rules.Epsilon()}
+    composite = tf_dtd.Composite(default=rules.ZPlus(), **first,
+                                 by_name={"gap": rules.Flat()} if flat_pooling else {})
+    derived = tf_dtd.relevance_model(model, composite)
+    assert _again(derived) == ["third_output_again"]
+    assert _recomputed(derived) == ["out_input_again"]
+    x = np.random.default_rng(18).uniform(0, 1, size=(16, 8, 8, 3)).astype("float32")
+    _assert_matches_held(derived, model, composite, x, monkeypatch)
+
+
+def test_z_plus_holds_the_addend_where_the_sum_is_not_held():
+    """A sum read by a layer that passes relevance through and is not an activation (a
+    ``Dropout``) is not held itself: the addend is."""
+    keras.utils.set_random_seed(19)
+    x = keras.Input((5,))
+    a = L.Dense(6, activation="relu", name="stem")(x)
+    h = L.Dense(6, name="third")(L.Dense(6, activation="relu", name="first")(a))
+    y = L.Dropout(0.5, name="drop")(L.Add(name="add")([a, h]))
+    model = keras.Model(x, L.Dense(3, name="head")(y))
+    relevance_model = tf_dtd.relevance_model(model, "lrp_epsilon_plus")
     assert _again(relevance_model) == []
 
 

@@ -171,6 +171,8 @@ class _Walk:
             self.reverse[index] = self.reverse_layer(step)
         self.rectified = reuse.rectified_outputs(self.plan, self.reverse)
         self.derived = reuse.derived_addends(self.plan, self.reverse)
+        self.totals = {self.rectified.get(index, self.plan.steps[index].node.outputs[0])
+                       for index in self.derived.values()}
         incoming = {self.graph.output_id: [start]}
         for index in reversed(range(len(self.plan.steps))):
             step = self.plan.steps[index]
@@ -216,8 +218,9 @@ class _Walk:
     def forward_input(self, tensor_id, relevance):
         """The forward tensor ``tensor_id`` as a relevance layer reads it: the output of an
         activation whose input ``z`` the pass holds anyway (the layer before reads its own
-        output) is computed again from ``z`` when ``relevance`` arrives, and so is an addend
-        only an ``Add`` reads, from the sum (see :mod:`tf_dtd.relevance.recompute`)."""
+        output, or ``z`` is a sum an addend is computed again from) is computed again from
+        ``z`` when ``relevance`` arrives, and so is an addend only an ``Add`` reads, from the
+        sum (see :mod:`tf_dtd.relevance.recompute`)."""
         if tensor_id in self.derived:
             return self.addend_again(tensor_id, relevance)
         tensor = self.graph.tensors[tensor_id]
@@ -232,7 +235,9 @@ class _Walk:
         (z_id,) = step.node.inputs
         before = self.step_of.get(z_id)
         reads = getattr(self.reverse.get(before), "reads_output", None)
-        if before is None or reads is None or not reads(self.graph.tensors[z_id].dtype):
+        held = z_id in self.totals or (  # a sum the pass holds for an addend computed again
+            reads is not None and reads(self.graph.tensors[z_id].dtype))
+        if before is None or not held:
             return tensor
         z = AfterRelevance(name=self.namer(f"{step.layer.name}_input_again"))(
             [self.graph.tensors[z_id], relevance])

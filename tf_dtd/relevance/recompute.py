@@ -14,7 +14,9 @@ An addend of a sum that only the sum reads (ResNet's third convolution, whose ou
 ``Add``'s LRP-ε and the convolution's own ε read) is computed again as the sum's ``z`` minus the
 other addends (:class:`AddendAgain`, :func:`~tf_dtd.relevance.reuse.derived_addends`), which
 the pass holds anyway: equal up to float32 rounding where the sum is positive, and wherever the
-``Add`` reads ``relu(sum)`` as its ``z``, the units with ``sum ≤ 0`` hold no relevance.
+``Add`` reads ``relu(sum)`` as its ``z``, the units with ``sum ≤ 0`` hold no relevance. Where
+the ``Add`` reads no output of its own (z⁺), the pass holds the sum in place of the activation
+after it, which is computed again from the sum like the activations above.
 """
 
 import keras

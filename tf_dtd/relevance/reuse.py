@@ -11,6 +11,7 @@ asks both once, before it walks the graph.
 import keras
 
 from tf_dtd.model import analysis
+from tf_dtd.relevance.recompute import RECOMPUTED_LAYERS
 
 __all__ = ["derived_addends", "rectified_outputs"]
 
@@ -42,6 +43,18 @@ class _Graph:
                     and self.no_relevance_at_zeros(node.outputs[0])):
                 return False
         return True
+
+    def holds_sum(self, node, layer, dtype):
+        """Whether the pass would hold an ``Add``'s sum anyway: its relevance layer reads no
+        output of its own, and every reader of the sum reads it as a forward input or is an
+        activation the builder then computes again from it when relevance arrives."""
+        reads = getattr(layer, "reads_output", None)
+        sum_id = node.outputs[0]
+        readers = self.readers(sum_id)
+        if reads is None or reads(dtype) or sum_id == self.graph.output_id or not readers:
+            return False
+        return all(own is not None or isinstance(reader.layer, RECOMPUTED_LAYERS)
+                   for reader, own in readers)
 
 
 def rectified_outputs(plan, reverse):
@@ -77,17 +90,28 @@ def rectified_outputs(plan, reverse):
 
 
 def derived_addends(plan, reverse):
-    """Tensor id -> step index of the ``Add`` whose ``z`` minus its other addends gives it.
+    """Tensor id -> step index of the ``Add`` whose sum minus its other addends gives it.
 
-    An addend that only an ``Add`` reads, where the ``Add`` reads its ``z`` as a denominator and
-    sends relevance only as products of its inputs (LRP-0, ε), and the addend's own layer reads
-    its output not at all or unit by unit (a denominator; γ's sign): ``z − Σ others`` serves for
-    it, and the pass no longer holds it (ResNet50, LRP-ε and γ: the third convolution of each
-    block, 4× the width of the other two). Where rounding flips the sign of a unit near 0, γ
-    takes the other sign's coefficients there; that unit holds a share of the sum as small as
-    itself, and either sign passes on at most about ``1 + 1/γ`` times it. Not behind a layer
-    that passes relevance through (a ``Dropout``: its input is what is held; a ReLU whose output
-    a layer reads as its ``z``; the model input).
+    An addend that only an ``Add`` reads, where the addend's own layer reads its output not at
+    all or unit by unit (a denominator; γ's sign), is computed again as ``sum − Σ others``, and
+    the pass no longer holds it (ResNet50: the third convolution of each block, 4× the width
+    of the other two), when the pass holds the sum anyway:
+
+    - the ``Add`` reads its ``z`` as a denominator and sends relevance only as products of its
+      inputs (LRP-0, ε); where it reads ``relu(sum)`` as its ``z``, the addend computed again
+      is wrong at units with ``sum ≤ 0``, which hold no relevance;
+    - or the ``Add`` reads no output of its own (z⁺, whose denominator is the addends'
+      positive parts), and every reader of the sum reads it as a forward input or is an
+      activation that the builder then computes again from it (ResNet's ReLU after the sum):
+      the pass holds the sum instead of the activation, and the addend computed again is the
+      held one up to the rounding of the sum everywhere.
+
+    Where rounding flips the sign of a unit near 0, γ takes the other sign's coefficients
+    there, and z⁺ credits the unit's positive part to the other addend; what moves is as small
+    as the unit, except where the sum absorbed a positive addend below half a unit in the last
+    place of a negative other: z⁺ then spreads that unit's relevance to the other addend.
+    Not behind a layer that passes relevance through (a ``Dropout``: its input is what is
+    held; a ReLU whose output a layer reads as its ``z``; the model input).
 
     Args:
         plan: the :class:`~tf_dtd.relevance.plan.Plan`.
@@ -97,9 +121,9 @@ def derived_addends(plan, reverse):
     for index, layer in reverse.items():
         node = graph.steps[index].node
         dtype = graph.graph.tensors[node.outputs[0]].dtype
-        reads = getattr(layer, "reads_output_as_denominator", None)
-        if (type(graph.steps[index].layer) is not keras.layers.Add or reads is None
-                or not reads(dtype) or not layer.sends_zero_where_input_is_zero()):
+        if type(graph.steps[index].layer) is not keras.layers.Add or layer is None:
+            continue
+        if not (_reads_sum_as_denominator(layer, dtype) or graph.holds_sum(node, layer, dtype)):
             continue
         for operand in reversed(node.inputs):
             producer = graph.step_of.get(operand)
@@ -111,6 +135,13 @@ def derived_addends(plan, reverse):
             result[operand] = index
             break
     return result
+
+
+def _reads_sum_as_denominator(layer, dtype):
+    """Whether an ``Add``'s relevance layer reads its ``z`` as a denominator alone and sends
+    relevance only as products of its inputs."""
+    reads = getattr(layer, "reads_output_as_denominator", None)
+    return bool(reads and reads(dtype)) and layer.sends_zero_where_input_is_zero()
 
 
 def _reads_output_beyond_units(layer, dtype):
