@@ -2,11 +2,13 @@
 
 Layers without a kernel of their own (``Add``, pooling, reshaping, …) are explained by running
 the forward layer again on the relevance pass's inputs: the relevance layer holds a copy, built
-in the relevance dtype (never float16), with the original's weights.
+in the relevance dtype (never float16), with the original's weights (their buffers shared until
+either side writes: :func:`tf_dtd.model.canonize.weight_tensors`).
 """
 
 import keras
-import tensorflow as tf
+
+from tf_dtd.model import canonize
 
 __all__ = ["ForwardCopy"]
 
@@ -17,9 +19,7 @@ def _copy(layer, dtype):
         return keras.layers.deserialize(layer), None
     config = keras.layers.serialize(layer)
     config["config"]["dtype"] = dtype
-    # Tensors read from the variables: the copy's variables share their buffers until either
-    # side is written (see tf_dtd.model.canonize.kernel_weights).
-    return keras.layers.deserialize(config), [tf.convert_to_tensor(v) for v in layer.weights]
+    return keras.layers.deserialize(config), canonize.weight_tensors(layer)
 
 
 class ForwardCopy:
