@@ -41,7 +41,7 @@ from references import (
 
 import tf_dtd
 from tf_dtd import rules
-from tf_dtd.relevance import engine
+from tf_dtd.relevance import quotient
 from tf_dtd.relevance.layers import DepthwiseConvRelevance
 
 # --- 1, 2. DepthwiseConv and ConvTranspose: ordinary linear layers ---
@@ -156,8 +156,8 @@ def test_linear_layer_rule(name, rule_case):
 @pytest.mark.parametrize("name", LINEAR_CASES)
 def test_epsilon_quotient_with_and_without_xla(name, fused, monkeypatch):
     """ε's quotient is one XLA function on layers of many values per sample and TensorFlow's
-    kernels on the others (``engine.XLA_QUOTIENT_MIN_SIZE``): both forms on every layer."""
-    monkeypatch.setattr(engine, "XLA_QUOTIENT_MIN_SIZE", 0 if fused else 2**62)
+    kernels on the others (``quotient.XLA_QUOTIENT_MIN_SIZE``): both forms on every layer."""
+    monkeypatch.setattr(quotient, "XLA_QUOTIENT_MIN_SIZE", 0 if fused else 2**62)
     _check_linear_rule(name, "epsilon")
 
 

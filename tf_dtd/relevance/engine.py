@@ -24,6 +24,7 @@ from keras import ops
 
 from tf_dtd import rules as rules_lib
 from tf_dtd.errors import InvalidArgumentError, describe
+from tf_dtd.relevance import quotient
 from tf_dtd.relevance.by_sign import BySignParts
 from tf_dtd.relevance.spread import ReceptiveFieldSpread
 from tf_dtd.relevance.tape import add_all, after, vjp
@@ -39,28 +40,6 @@ def _dead(denominator, share):
 def _unplaced(denominator, share):
     """The relevance of units whose denominator is exactly zero: no contribution to credit."""
     return ops.where(_dead(denominator, share), share, 0.0)
-
-
-# Below this many values per sample, XLA's launch costs more than the passes it saves (the
-# shipped digits model, LRP-ε batch 1: 2.10 → 1.87 ms per call without it; batch 8 the same).
-XLA_QUOTIENT_MIN_SIZE = 16384
-
-
-def _fused_quotient_pays(share):
-    size = 1
-    for dim in share.shape[1:]:
-        if dim is None:
-            return True
-        size *= dim
-    return size >= XLA_QUOTIENT_MIN_SIZE
-
-
-@tf.function(jit_compile=True)
-def _stabilized_quotient(share, z, epsilon, relative):
-    """``share / stabilize(z, epsilon)``, compiled by XLA into one pass over memory: TensorFlow
-    runs the stabiliser's element-wise ops and the divide as separate kernels (MobileNetV2,
-    batch 8, with the select it then used: 101 → 92 ms per call, the same bits)."""
-    return ops.divide_no_nan(share, rules_lib.stabilize(z, epsilon, relative=relative))
 
 
 class LinearRelevance(BySignParts, ReceptiveFieldSpread, keras.layers.Layer):
@@ -230,8 +209,9 @@ class LinearRelevance(BySignParts, ReceptiveFieldSpread, keras.layers.Layer):
 
         def cotangent(computed):
             den = computed if output is None else output
-            if part.epsilon and not part.fallback and _fused_quotient_pays(share):
-                return _stabilized_quotient(share, den, part.epsilon, part.relative_epsilon)
+            if part.epsilon and not part.fallback and quotient.fused_quotient_pays(share):
+                return quotient.stabilized_quotient(share, den, part.epsilon,
+                                                    part.relative_epsilon)
             den = rules_lib.stabilize(den, part.epsilon, relative=part.relative_epsilon)
             denominator["value"] = den
             return ops.divide_no_nan(share, den)
