@@ -1,10 +1,11 @@
-"""ε's quotient reading the products (and sums of products) it divides (``tape.product_terms``).
+"""ε's quotient computing again the arithmetic that makes what it divides (``expression``).
 
 A layer's relevance at its input is its input times the transposed quotient — a product — or a
-sum of such products where several layers read one tensor. The next layer's ε divides it by its
-stabilised ``z``; in a graph, XLA then computes the products, their sum and the quotient in one
-pass (``quotient._sum_quotient``). Checked against a written-out float64 reference, with
-the fusion on and off, and in an eager call (no graph: nothing to fuse).
+sum of such products where several layers read one tensor; an addend computed again from its sum
+is a difference. The next layer's ε divides the relevance by its stabilised ``z``; in a graph,
+XLA then computes the products, sums, differences and the quotient in one pass
+(``quotient._quotient``). Checked against a written-out float64 reference, with the capture on
+and off, and in an eager call (no graph: nothing captured).
 """
 
 import keras
@@ -13,7 +14,7 @@ import pytest
 
 import tf_dtd
 from tf_dtd import rules
-from tf_dtd.relevance import quotient, tape
+from tf_dtd.relevance import expression, quotient
 
 L = keras.layers
 EPSILON = 0.25
@@ -62,46 +63,54 @@ def _reference(model, x):
 
 
 @pytest.fixture
-def fused_calls(monkeypatch):
-    """Every quotient in XLA (``XLA_QUOTIENT_MIN_SIZE`` 0); the term structures the fused
-    quotient was traced with, as ``[number of products, number of other terms]``."""
+def quotients(monkeypatch):
+    """Every quotient in XLA (``XLA_QUOTIENT_MIN_SIZE`` 0); the ``(share, z)`` expressions the
+    quotient was traced with."""
     monkeypatch.setattr(quotient, "XLA_QUOTIENT_MIN_SIZE", 0)
-    calls, original = [], quotient._sum_quotient
+    calls, original = [], quotient._quotient
 
-    def spy(terms, *args):
-        calls.append([sum(len(t) == 2 for t in terms), sum(len(t) == 1 for t in terms)])
-        return original(terms, *args)
+    def spy(leaves, share, z, *args):
+        calls.append((share, z))
+        return original(leaves, share, z, *args)
 
-    monkeypatch.setattr(quotient, "_sum_quotient", spy)
+    monkeypatch.setattr(quotient, "_quotient", spy)
     return calls
 
 
+def _kinds(tree):
+    """The op types in a captured expression."""
+    return set() if isinstance(tree, int) else {tree[0]}.union(*map(_kinds, tree[1:]))
+
+
 @pytest.mark.parametrize("fuse", [True, False], ids=["fused", "plain"])
-def test_epsilon_reads_the_products_it_divides(fuse, fused_calls, monkeypatch):
-    monkeypatch.setattr(tape, "FUSE_PRODUCTS", fuse)
+def test_epsilon_computes_what_it_divides_in_its_quotient(fuse, quotients, monkeypatch):
+    monkeypatch.setattr(expression, "ENABLED", fuse)
     model = _model()
     x = np.random.default_rng(22).normal(size=(32, 5)).astype("float32")
     expected = _reference(model, x)
     relevance_model = tf_dtd.relevance_model(model, rules.Epsilon(EPSILON))
-    fused_calls.clear()  # the build traces the layers too; count predict's trace alone
+    quotients.clear()  # the build traces the layers too; count predict's trace alone
     actual = relevance_model.predict(x, verbose=0)
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    shares = [_kinds(share) for share, _ in quotients]
+    denominators = [_kinds(z) for _, z in quotients]
     if fuse:
-        # the Add's share (one product) into third, third's into first, and at stem a's two
-        # readers' products summed; the head reads the target's one-hot selection, no product
-        assert [1, 0] in fused_calls and [2, 0] in fused_calls
+        # third's share is the Add's product, first's third's; stem's is a's two readers'
+        # products summed; third's z is computed again from the sum (relu(sum) − a)
+        assert {"Mul"} in shares and {"AddV2", "Mul"} in shares
+        assert {"Sub"} in denominators
     else:
-        assert fused_calls == []
+        assert len(quotients) == 5 and not any(shares) and not any(denominators)
 
 
-def test_an_eager_call_fuses_nothing_and_agrees(fused_calls):
+def test_an_eager_call_captures_nothing_and_agrees(quotients):
     model = _model()
     x = np.random.default_rng(23).normal(size=(8, 5)).astype("float32")
     relevance_model = tf_dtd.relevance_model(model, rules.Epsilon(EPSILON))
     graph = relevance_model.predict(x, verbose=0)
-    fused_calls.clear()
+    quotients.clear()
     eager = relevance_model(x, training=False).numpy()
-    assert fused_calls == []
+    assert quotients and not any(_kinds(share) or _kinds(z) for share, z in quotients)
     np.testing.assert_allclose(eager, graph, rtol=1e-5, atol=1e-6 * np.abs(graph).max())
     np.testing.assert_allclose(eager, _reference(model, x), rtol=1e-4,
                                atol=1e-5 * np.abs(graph).max())

@@ -2,11 +2,12 @@
 
 TensorFlow runs the stabiliser's element-wise ops and the divide as separate kernels; XLA fuses
 them (MobileNetV2, LRP-ε, batch 8, with the select the stabiliser then used: 101 → 92 ms per
-call, the same bits). Where ``R`` is a product or a sum of products (:func:`tape.product_terms
-<tf_dtd.relevance.tape.product_terms>`: the relevance a layer sends is its input times the
-transposed quotient), the products and their sum join the pass (ResNet50, LRP-ε, batch 8: 6 %
-less time per call; VGG16 1 %, where no tensor has two readers). Layers of few values per sample
-keep TensorFlow's kernels: there XLA's launch costs more than the passes it saves.
+call, the same bits). The element-wise arithmetic that makes ``R`` and ``z`` joins the pass
+(:mod:`~tf_dtd.relevance.expression`: the relevance a layer sends is its input times the
+transposed quotient, a sum of such products where several layers read a tensor; ResNet50,
+LRP-ε, batch 8: 6 % less time per call; VGG16 1 %, where no tensor has two readers). Layers of
+few values per sample keep TensorFlow's kernels: there XLA's launch costs more than the passes
+it saves.
 
 Example:
 
@@ -20,7 +21,7 @@ import tensorflow as tf
 from keras import ops
 
 from tf_dtd import rules
-from tf_dtd.relevance.tape import add_all, product_terms
+from tf_dtd.relevance import expression
 
 __all__ = ["XLA_QUOTIENT_MIN_SIZE", "fused_quotient_pays", "stabilized_quotient"]
 
@@ -40,20 +41,17 @@ def fused_quotient_pays(share):
 
 
 def stabilized_quotient(share, z, epsilon, relative):
-    """``share / stabilize(z, epsilon, relative=relative)`` in one XLA pass, the products and
-    sum that make ``share`` included where it is one (in a graph)."""
-    terms = product_terms(share)
-    if terms is not None:
-        return _sum_quotient(terms, z, epsilon, relative)
-    return _quotient(share, z, epsilon, relative)
+    """``share / stabilize(z, epsilon, relative=relative)`` in one XLA pass, with the element-wise
+    arithmetic that makes ``share`` and ``z`` (in a graph; see
+    :mod:`~tf_dtd.relevance.expression`)."""
+    leaves = []
+    share_expression = expression.capture(share, leaves)
+    z_expression = expression.capture(z, leaves)
+    return _quotient(leaves, share_expression, z_expression, epsilon, relative)
 
 
 @tf.function(jit_compile=True)
-def _quotient(share, z, epsilon, relative):
-    return ops.divide_no_nan(share, rules.stabilize(z, epsilon, relative=relative))
-
-
-@tf.function(jit_compile=True)
-def _sum_quotient(terms, z, epsilon, relative):
-    share = add_all(term[0] * term[1] if len(term) == 2 else term[0] for term in terms)
+def _quotient(leaves, share_expression, z_expression, epsilon, relative):
+    share = expression.evaluate(share_expression, leaves)
+    z = expression.evaluate(z_expression, leaves)
     return ops.divide_no_nan(share, rules.stabilize(z, epsilon, relative=relative))
