@@ -525,3 +525,52 @@ def connectivity(name):
                        layer.groups)[0]
 
 
+def residual_dense_block(shortcut_dense=False, second_reader=False, twice=False, dropout=False):
+    """stem → first (ReLU) → third, added to the stem's output (or a Dense shortcut of it),
+    then a ReLU and the head."""
+    keras.utils.set_random_seed(11)
+    x = keras.Input((5,))
+    a = L.Dense(6, activation="relu", name="stem")(x)
+    h = L.Dense(6, activation="relu", name="first")(a)
+    h = L.Dense(6, name="third")(h)
+    if dropout:
+        h = L.Dropout(0.5, name="drop")(h)
+    shortcut = L.Dense(6, name="shortcut")(a) if shortcut_dense else a
+    y = L.Add(name="add")([h, h] if twice else [shortcut, h])
+    outputs = L.Dense(3, name="head")(L.ReLU(name="out")(y))
+    if second_reader:
+        outputs = L.Add(name="heads")([outputs, L.Dense(3, name="aside")(h)])
+    return keras.Model(x, outputs)
+
+
+def residual_dense_block_epsilon(model, x, epsilon, shortcut_dense=False):
+    """float64 LRP-ε of the top logit through :func:`residual_dense_block`, written out."""
+    def stabilized(z):
+        return z + epsilon * np.where(z >= 0, 1.0, -1.0)
+
+    def dense(name, a):
+        kernel, bias = (w.astype("float64") for w in model.get_layer(name).get_weights())
+        return a @ kernel + bias, kernel
+
+    def back(a, kernel, z, relevance):
+        return a * ((relevance / stabilized(z)) @ kernel.T)
+
+    x = x.astype("float64")
+    z_stem, k_stem = dense("stem", x)
+    a = np.maximum(z_stem, 0)
+    z_first, k_first = dense("first", a)
+    h = np.maximum(z_first, 0)
+    z_third, k_third = dense("third", h)
+    shortcut, k_short = dense("shortcut", a) if shortcut_dense else (a, None)
+    y = shortcut + z_third
+    r = np.maximum(y, 0)
+    logits, k_head = dense("head", r)
+    rows, top = np.arange(len(x)), logits.argmax(axis=1)
+    relevance = np.zeros_like(logits)
+    relevance[rows, top] = logits[rows, top]
+    at_sum = back(r, k_head, logits, relevance)
+    share = at_sum / stabilized(y)
+    at_third, at_shortcut = z_third * share, shortcut * share
+    at_a = back(a, k_first, z_first, back(h, k_third, z_third, at_third))
+    at_a = at_a + (back(a, k_short, shortcut, at_shortcut) if shortcut_dense else at_shortcut)
+    return back(x, k_stem, z_stem, at_a)

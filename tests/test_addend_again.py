@@ -12,6 +12,7 @@ and the addend computed again is the held one up to rounding everywhere.
 import keras
 import numpy as np
 import pytest
+from references import residual_dense_block, residual_dense_block_epsilon
 
 import tf_dtd
 from tf_dtd import rules
@@ -20,24 +21,6 @@ from tf_dtd.relevance.recompute import AddendAgain, AfterRelevance
 
 L = keras.layers
 EPSILON = 0.25
-
-
-def _block(shortcut_dense=False, second_reader=False, twice=False, dropout=False):
-    """stem → first (ReLU) → third, added to the stem's output (or a Dense shortcut of it),
-    then a ReLU and the head."""
-    keras.utils.set_random_seed(11)
-    x = keras.Input((5,))
-    a = L.Dense(6, activation="relu", name="stem")(x)
-    h = L.Dense(6, activation="relu", name="first")(a)
-    h = L.Dense(6, name="third")(h)
-    if dropout:
-        h = L.Dropout(0.5, name="drop")(h)
-    shortcut = L.Dense(6, name="shortcut")(a) if shortcut_dense else a
-    y = L.Add(name="add")([h, h] if twice else [shortcut, h])
-    outputs = L.Dense(3, name="head")(L.ReLU(name="out")(y))
-    if second_reader:
-        outputs = L.Add(name="heads")([outputs, L.Dense(3, name="aside")(h)])
-    return keras.Model(x, outputs)
 
 
 def _again(relevance_model):
@@ -52,54 +35,20 @@ def _reads(relevance_model, name):
     return [t._keras_history.operation.name for t in call.input_tensors]
 
 
-def _stabilized(z):
-    return z + EPSILON * np.where(z >= 0, 1.0, -1.0)
-
-
-def _reference(model, x, shortcut_dense):
-    """float64 LRP-ε of the top logit through ``_block``, written out."""
-    def dense(name, a):
-        kernel, bias = (w.astype("float64") for w in model.get_layer(name).get_weights())
-        return a @ kernel + bias, kernel
-
-    def back(a, kernel, z, relevance):
-        return a * ((relevance / _stabilized(z)) @ kernel.T)
-
-    x = x.astype("float64")
-    z_stem, k_stem = dense("stem", x)
-    a = np.maximum(z_stem, 0)
-    z_first, k_first = dense("first", a)
-    h = np.maximum(z_first, 0)
-    z_third, k_third = dense("third", h)
-    shortcut, k_short = dense("shortcut", a) if shortcut_dense else (a, None)
-    y = shortcut + z_third
-    r = np.maximum(y, 0)
-    logits, k_head = dense("head", r)
-    rows, top = np.arange(len(x)), logits.argmax(axis=1)
-    relevance = np.zeros_like(logits)
-    relevance[rows, top] = logits[rows, top]
-    at_sum = back(r, k_head, logits, relevance)
-    share = at_sum / _stabilized(y)
-    at_third, at_shortcut = z_third * share, shortcut * share
-    at_a = back(a, k_first, z_first, back(h, k_third, z_third, at_third))
-    at_a = at_a + (back(a, k_short, shortcut, at_shortcut) if shortcut_dense else at_shortcut)
-    return back(x, k_stem, z_stem, at_a)
-
-
 @pytest.mark.parametrize("shortcut_dense", [False, True])
 def test_epsilon_computes_the_third_layers_output_again(shortcut_dense):
-    model = _block(shortcut_dense)
+    model = residual_dense_block(shortcut_dense)
     relevance_model = tf_dtd.relevance_model(model, rules.Epsilon(EPSILON))
     assert _again(relevance_model) == ["third_output_again"]
     assert "third_output_again" in _reads(relevance_model, "add")
     assert _reads(relevance_model, "third")[1] == "third_output_again"  # its z
     x = np.random.default_rng(12).normal(size=(32, 5)).astype("float32")
-    expected = _reference(model, x, shortcut_dense)
+    expected = residual_dense_block_epsilon(model, x, EPSILON, shortcut_dense)
     actual = relevance_model.predict(x, verbose=0)
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
 
 
-def _conv_block():
+def _convresidual_dense_block():
     """A ResNet bottleneck: convolutions with BatchNorm (folded), a convolution shortcut."""
     keras.utils.set_random_seed(13)
     x = keras.Input((8, 8, 3))
@@ -137,7 +86,7 @@ def test_the_addend_computed_again_matches_the_held_one(flat_pooling, monkeypatc
     """Against the same relevance model holding the addend: within float32 rounding. With the
     flat rule on the pooling the ReLU's zeros get relevance, so the ``Add`` reads its own sum
     (not ``relu``) and the addend computed again is the held one up to rounding everywhere."""
-    model = _conv_block()
+    model = _convresidual_dense_block()
     composite = tf_dtd.Composite(default=rules.Epsilon(EPSILON),
                                  by_name={"gap": rules.Flat()} if flat_pooling else {})
     x = np.random.default_rng(15).uniform(0, 1, size=(16, 8, 8, 3)).astype("float32")
@@ -161,7 +110,7 @@ def test_z_plus_on_the_sum_computes_the_addend_again_from_the_held_sum(preset, f
     output is the sum minus the shortcut's — up to rounding everywhere, also where the sum is
     negative (the flat rule on the pooling sends relevance to the ReLU's zeros, and z⁺ on
     the Add spreads what no positive part explains by the addends' magnitudes)."""
-    model = _conv_block()
+    model = _convresidual_dense_block()
     first = {"first": rules.ZBox(0.0, 1.0)} if preset == "deep_taylor_bounded" else {
         "fully_connected": rules.Epsilon()}
     composite = tf_dtd.Composite(default=rules.ZPlus(), **first,
@@ -189,16 +138,18 @@ def test_z_plus_holds_the_addend_where_the_sum_is_not_held():
 def test_an_addend_read_elsewhere_or_added_to_itself_is_held():
     """third's output read by a second head too is held; the second head's output, read by the
     model's final Add alone, is computed again from the logits."""
-    assert _again(tf_dtd.relevance_model(_block(second_reader=True),
+    assert _again(tf_dtd.relevance_model(residual_dense_block(second_reader=True),
                                          rules.Epsilon(EPSILON))) == ["aside_output_again"]
-    assert _again(tf_dtd.relevance_model(_block(twice=True), rules.Epsilon(EPSILON))) == []
+    epsilon = rules.Epsilon(EPSILON)
+    assert _again(tf_dtd.relevance_model(residual_dense_block(twice=True), epsilon)) == []
 
 
 def test_an_addend_behind_a_dropout_is_held():
     """The Dropout passes relevance through and is an identity at inference: its output frees
     nothing (third's output, which third's ε reads, is what the pass holds), so neither is
     computed again (EfficientNet's drop-connect before each Add)."""
-    assert _again(tf_dtd.relevance_model(_block(dropout=True), rules.Epsilon(EPSILON))) == []
+    epsilon = rules.Epsilon(EPSILON)
+    assert _again(tf_dtd.relevance_model(residual_dense_block(dropout=True), epsilon)) == []
 
 
 def test_gamma_on_the_addends_layer_reads_it_computed_again(monkeypatch):
@@ -208,7 +159,7 @@ def test_gamma_on_the_addends_layer_reads_it_computed_again(monkeypatch):
     rounding."""
     composite = tf_dtd.Composite(default=rules.Epsilon(EPSILON),
                                  by_name={"third": rules.Gamma(0.25)})
-    model = _block(shortcut_dense=True)
+    model = residual_dense_block(shortcut_dense=True)
     x = np.random.default_rng(17).normal(size=(32, 5)).astype("float32")
     derived = tf_dtd.relevance_model(model, composite)
     assert _again(derived) == ["third_output_again"]
@@ -222,12 +173,12 @@ def test_relative_epsilon_on_the_addends_layer_keeps_it():
     instead."""
     composite = tf_dtd.Composite(default=rules.Epsilon(EPSILON),
                                  by_name={"third": rules.Epsilon(0.25, relative=True)})
-    relevance_model = tf_dtd.relevance_model(_block(shortcut_dense=True), composite)
+    relevance_model = tf_dtd.relevance_model(residual_dense_block(shortcut_dense=True), composite)
     assert _again(relevance_model) == ["shortcut_output_again"]
 
 
 def test_the_addend_computed_again_saves_and_loads(tmp_path):
-    relevance_model = tf_dtd.relevance_model(_conv_block(), rules.Epsilon(EPSILON))
+    relevance_model = tf_dtd.relevance_model(_convresidual_dense_block(), rules.Epsilon(EPSILON))
     x = np.random.default_rng(16).uniform(0, 1, size=(4, 8, 8, 3)).astype("float32")
     path = str(tmp_path / "addend.keras")
     relevance_model.save(path)

@@ -8,58 +8,15 @@ XLA then computes the products, sums, differences and the quotient in one pass
 and off, and in an eager call (no graph: nothing captured).
 """
 
-import keras
 import numpy as np
 import pytest
+from references import residual_dense_block, residual_dense_block_epsilon
 
 import tf_dtd
 from tf_dtd import rules
 from tf_dtd.relevance import expression, quotient
 
-L = keras.layers
 EPSILON = 0.25
-
-
-def _model():
-    """stem → ``a``, read by ``first`` and by the ``Add`` (two readers: a sum of products);
-    first → third, added to ``a``; ReLU; head."""
-    keras.utils.set_random_seed(21)
-    x = keras.Input((5,))
-    a = L.Dense(6, activation="relu", name="stem")(x)
-    h = L.Dense(6, activation="relu", name="first")(a)
-    h = L.Dense(6, name="third")(h)
-    y = L.Add(name="add")([a, h])
-    return keras.Model(x, L.Dense(3, name="head")(L.ReLU(name="out")(y)))
-
-
-def _reference(model, x):
-    """float64 LRP-ε of the top logit through ``_model``, written out."""
-    def dense(name, a):
-        kernel, bias = (w.astype("float64") for w in model.get_layer(name).get_weights())
-        return a @ kernel + bias, kernel
-
-    def stabilized(z):
-        return z + EPSILON * np.where(z >= 0, 1.0, -1.0)
-
-    def back(a, kernel, z, relevance):
-        return a * ((relevance / stabilized(z)) @ kernel.T)
-
-    x = x.astype("float64")
-    z_stem, k_stem = dense("stem", x)
-    a = np.maximum(z_stem, 0)
-    z_first, k_first = dense("first", a)
-    h = np.maximum(z_first, 0)
-    z_third, k_third = dense("third", h)
-    y = a + z_third
-    r = np.maximum(y, 0)
-    logits, k_head = dense("head", r)
-    rows, top = np.arange(len(x)), logits.argmax(axis=1)
-    relevance = np.zeros_like(logits)
-    relevance[rows, top] = logits[rows, top]
-    share = back(r, k_head, logits, relevance) / stabilized(y)
-    at_h = back(h, k_third, z_third, z_third * share)
-    at_a = a * share + back(a, k_first, z_first, at_h)  # a's two readers: a sum of products
-    return back(x, k_stem, z_stem, at_a)
 
 
 @pytest.fixture
@@ -85,9 +42,9 @@ def _kinds(tree):
 @pytest.mark.parametrize("fuse", [True, False], ids=["fused", "plain"])
 def test_epsilon_computes_what_it_divides_in_its_quotient(fuse, quotients, monkeypatch):
     monkeypatch.setattr(expression, "ENABLED", fuse)
-    model = _model()
+    model = residual_dense_block()
     x = np.random.default_rng(22).normal(size=(32, 5)).astype("float32")
-    expected = _reference(model, x)
+    expected = residual_dense_block_epsilon(model, x, EPSILON)
     relevance_model = tf_dtd.relevance_model(model, rules.Epsilon(EPSILON))
     quotients.clear()  # the build traces the layers too; count predict's trace alone
     actual = relevance_model.predict(x, verbose=0)
@@ -104,7 +61,7 @@ def test_epsilon_computes_what_it_divides_in_its_quotient(fuse, quotients, monke
 
 
 def test_an_eager_call_captures_nothing_and_agrees(quotients):
-    model = _model()
+    model = residual_dense_block()
     x = np.random.default_rng(23).normal(size=(8, 5)).astype("float32")
     relevance_model = tf_dtd.relevance_model(model, rules.Epsilon(EPSILON))
     graph = relevance_model.predict(x, verbose=0)
@@ -112,5 +69,5 @@ def test_an_eager_call_captures_nothing_and_agrees(quotients):
     eager = relevance_model(x, training=False).numpy()
     assert quotients and not any(_kinds(share) or _kinds(z) for share, z in quotients)
     np.testing.assert_allclose(eager, graph, rtol=1e-5, atol=1e-6 * np.abs(graph).max())
-    np.testing.assert_allclose(eager, _reference(model, x), rtol=1e-4,
+    np.testing.assert_allclose(eager, residual_dense_block_epsilon(model, x, EPSILON), rtol=1e-4,
                                atol=1e-5 * np.abs(graph).max())
