@@ -8,6 +8,7 @@ XLA then computes the products, sums, differences and the quotient in one pass
 and off, and in an eager call (no graph: nothing captured).
 """
 
+import keras
 import numpy as np
 import pytest
 from references import residual_dense_block, residual_dense_block_epsilon
@@ -71,3 +72,41 @@ def test_an_eager_call_captures_nothing_and_agrees(quotients):
     np.testing.assert_allclose(eager, graph, rtol=1e-5, atol=1e-6 * np.abs(graph).max())
     np.testing.assert_allclose(eager, residual_dense_block_epsilon(model, x, EPSILON), rtol=1e-4,
                                atol=1e-5 * np.abs(graph).max())
+
+
+def test_an_activation_computed_again_joins_the_quotient(quotients):
+    """A ReLU6 after a layer that reads its own output (ε) is computed again from that output
+    when relevance arrives (``recompute``); read only as the factor of the next layer's product,
+    it joins the quotient and is never written (MobileNet's blocks)."""
+    keras.utils.set_random_seed(24)
+    inputs = keras.Input((5,))
+    h = keras.layers.Dense(7, activation="relu6", name="first")(inputs)
+    h = keras.layers.Dense(6, activation="relu6", name="second")(h)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(h))
+    x = 4 * np.random.default_rng(25).normal(size=(32, 5)).astype("float32")
+
+    def dense(name, a):
+        kernel, bias = (w.astype("float64") for w in model.get_layer(name).get_weights())
+        return a @ kernel + bias, kernel
+
+    def back(a, kernel, z, relevance):
+        stabilized = z + EPSILON * np.where(z >= 0, 1.0, -1.0)
+        return a * ((relevance / stabilized) @ kernel.T)
+
+    z_first, k_first = dense("first", x.astype("float64"))
+    a_first = np.clip(z_first, 0, 6)
+    z_second, k_second = dense("second", a_first)
+    a_second = np.clip(z_second, 0, 6)
+    logits, k_head = dense("head", a_second)
+    assert np.any(z_first > 6) and np.any(z_second > 6) and np.any(z_second < 0)
+    rows, top = np.arange(len(x)), logits.argmax(axis=1)
+    relevance = np.zeros_like(logits)
+    relevance[rows, top] = logits[rows, top]
+    at_second = back(a_second, k_head, logits, relevance)
+    expected = back(x, k_first, z_first, back(a_first, k_second, z_second, at_second))
+
+    relevance_model = tf_dtd.relevance_model(model, rules.Epsilon(EPSILON))
+    quotients.clear()
+    actual = relevance_model.predict(x, verbose=0)
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    assert [_kinds(share) for share, _ in quotients].count({"Mul", "Relu6"}) == 2

@@ -2,12 +2,14 @@
 
 A relevance layer sends its input times the transposed quotient — a product — and relevance
 reaching a tensor that several layers read is a sum of such products; ResNet's addend computed
-again from its sum is a difference. The next layer's ε divides these by its stabilised ``z``.
-:func:`capture` reads such a tensor back as an expression over the tensors it is made of, and
-:func:`evaluate` computes it again, inside the XLA function of the quotient
-(:mod:`tf_dtd.relevance.quotient`): the products, sums and differences then run in the same pass
-over memory as the quotient, and Grappler drops the ops that made them where nothing else reads
-them. :func:`tf_dtd.relevance.tape.after` waits on the captured tensors for the same reason.
+again from its sum is a difference, and MobileNet's ReLU6, computed again from the held
+pre-activation, is that product's factor. The next layer's ε divides these by its stabilised
+``z``. :func:`capture` reads such a tensor back as an expression over the tensors it is made
+of, and :func:`evaluate` computes it again, inside the XLA function of the quotient
+(:mod:`tf_dtd.relevance.quotient`): the products, sums, differences and activations then run in
+the same pass over memory as the quotient, and Grappler drops the ops that made them where
+nothing else reads them. :func:`tf_dtd.relevance.tape.after` waits on the captured tensors for
+the same reason.
 
 Example:
 
@@ -29,9 +31,17 @@ import tensorflow as tf
 
 __all__ = ["ARITHMETIC", "capture", "evaluate"]
 
-# The ops captured (Identity is looked through), and how evaluate computes them again.
-ARITHMETIC = {"Mul": operator.mul, "AddV2": operator.add, "AddN": operator.add,
-              "Sub": operator.sub}
+# The ops captured (Identity is looked through), and how evaluate computes them again from
+# their operands' values. The activations: those a relevance pass computes again from a held
+# pre-activation (MobileNet's ReLU6), read only as a factor of a product.
+ARITHMETIC = {
+    "Mul": lambda *values: functools.reduce(operator.mul, values),
+    "AddV2": lambda *values: functools.reduce(operator.add, values),
+    "AddN": lambda *values: functools.reduce(operator.add, values),
+    "Sub": operator.sub,
+    "Relu": tf.nn.relu,
+    "Relu6": tf.nn.relu6,
+}
 # Ops captured on a path from the tensor, at most: a sum of products, a product of a
 # difference. Three (products of products: EfficientNet's gates) made EfficientNetB0's LRP-ε
 # no faster (1.00 against 0.96 of the plain path's time at batch 8).
@@ -60,11 +70,24 @@ def capture(tensor, leaves, depth=DEPTH):
     if op is not None and depth > 0 and op.type in ARITHMETIC:
         return (op.type, *(capture(t, leaves, depth - 1) for t in op.inputs))
     for index, leaf in enumerate(leaves):
-        if leaf is tensor or (getattr(leaf, "graph", None) is getattr(tensor, "graph", False)
-                              and leaf.name == tensor.name):
+        if _same_value(leaf, tensor):
             return index
     leaves.append(tensor)
     return len(leaves) - 1
+
+
+def _same_value(a, b):
+    """Whether ``a`` and ``b`` are one tensor, or identities of one (two layers' reads of the
+    same forward tensor: the value is read once)."""
+    a, b = _under_identities(a), _under_identities(b)
+    return a is b or (getattr(a, "graph", None) is getattr(b, "graph", False)
+                      and a.name == b.name)
+
+
+def _under_identities(tensor):
+    while getattr(tensor, "op", None) is not None and tensor.op.type == "Identity":
+        tensor = tensor.op.inputs[0]
+    return tensor
 
 
 def _read_after(tensor, depth):
@@ -82,4 +105,4 @@ def evaluate(expression, leaves):
     if isinstance(expression, int):
         return leaves[expression]
     kind, *operands = expression
-    return functools.reduce(ARITHMETIC[kind], [evaluate(o, leaves) for o in operands])
+    return ARITHMETIC[kind](*[evaluate(o, leaves) for o in operands])
