@@ -7,7 +7,9 @@ family (ResNet50) with ``deep_taylor_bounded``, and checks LRP-0 = gradient×inp
 and on a concatenation family with pre-activation BatchNorm (DenseNet121); ``-m slow`` runs all
 seventeen with both presets (the depthwise families with squeeze-and-excitation gates among
 them; the default run has a trained depthwise network in tests/test_trained_depthwise.py and
-the gates in tests/test_merges_and_gates.py).
+the gates in tests/test_merges_and_gates.py). LRP-ε with ε's quotient computing again what it
+divides (``expression.capture``) against nothing captured: ResNet50 and MobileNetV2 by default,
+every family with ``-m slow``.
 
 The models run under a float64 policy here. Deep random networks amplify float32 rounding: the
 folded and the original ResNet101 or EfficientNetV2B0 differ by 3e-4 and 9e-2 of the logits in
@@ -26,6 +28,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks
 from applications import APPLICATIONS, build, images, measure  # noqa: E402
 
 import tf_dtd  # noqa: E402
+from tf_dtd.relevance import expression, quotient  # noqa: E402
 
 DEFAULT_RUN = ("ResNet50",)
 PRESETS = ("deep_taylor_bounded", "lrp_epsilon_plus")
@@ -93,3 +96,22 @@ def test_lrp_zero_is_gradient_times_input_on_relu_applications(name, built):
     scale = np.abs(expected).max()
     # 1e-5: the proportional layers' stabiliser ε = 1e-9 (with ε = 0 the match is 4e-8).
     np.testing.assert_allclose(relevance, expected, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=() if name in ("ResNet50", "MobileNetV2") else pytest.mark.slow)
+    for name in APPLICATIONS])
+def test_epsilon_quotient_reads_the_same_values_back(name, built, monkeypatch):
+    """LRP-ε with every quotient in XLA, computing again the arithmetic that makes what it
+    divides (``expression.capture``: products, sums, ResNet's addend, MobileNet's ReLU6), and
+    with nothing captured: in float64 the two agree to rounding on every family (a capture that
+    read back the wrong tensor or op would not)."""
+    model, x = built(name)
+    monkeypatch.setattr(quotient, "XLA_QUOTIENT_MIN_SIZE", 0)
+    results = []
+    for enabled in (True, False):
+        monkeypatch.setattr(expression, "ENABLED", enabled)
+        results.append(tf_dtd.relevance_model(model, "lrp_epsilon").predict(x, verbose=0))
+    captured, plain = results
+    assert np.abs(plain).max() > 0
+    np.testing.assert_allclose(captured, plain, rtol=0, atol=1e-12 * np.abs(plain).max())
