@@ -35,8 +35,8 @@ __all__ = ["ARITHMETIC", "capture", "evaluate"]
 # their operands' values. The activations: those a relevance pass computes again from a held
 # pre-activation (MobileNet's ReLU6), read only as a factor of a product.
 ARITHMETIC = {
-    "Mul": lambda *values: functools.reduce(operator.mul, values),
-    "AddV2": lambda *values: functools.reduce(operator.add, values),
+    "Mul": operator.mul,
+    "AddV2": operator.add,
     "AddN": lambda *values: functools.reduce(operator.add, values),
     "Sub": operator.sub,
     "Relu": tf.nn.relu,
