@@ -16,6 +16,7 @@ from references import (
     assert_close,
     assert_layer_roundtrip,
     connectivity,
+    conv_matrix,
     flat,
     flat_fallback,
     reference,
@@ -255,6 +256,38 @@ def test_zero_denominator_output_spreads_flat(rule):
     spread = flat_fallback(np.where(dead.reshape(1, -1) > 0, 0.0, 1.0), flat(r), c, flat(x))
     assert spread.sum() > 0 and np.all(actual >= spread.reshape(x.shape) - 1e-6)
     np.testing.assert_allclose(spread.sum(), r[..., 0].sum(), rtol=1e-6)  # filter 0, in full
+    np.testing.assert_allclose(actual.sum(), r.sum(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("case", ["no_zero", "zero_without_relevance", "zero_with_relevance"])
+def test_zero_denominators_found_one_channel_wide(case, data_format):
+    """z⁺ through a convolution with one group, where the relevance lost at zero denominators
+    is summed over the channels: a batch whose denominators have no zero skips that sum, one
+    whose zeros hold no relevance loses none, one whose zeros hold relevance spreads it; with
+    the channels last or first, each against the float64 reference."""
+    _, kernel, _, _, _, out_shape = setup_case("conv2d_same_dilated", False)
+    rng = np.random.default_rng(11)
+    x = rng.uniform(0.5, 1.0, (BATCH, 6, 6, 2)).astype("float32")
+    r = rng.uniform(0.5, 1.5, (BATCH,) + out_shape).astype("float32")
+    kernel = np.abs(kernel) + 0.1  # every unit has positive contributions
+    if case != "no_zero":
+        kernel[..., 0] = -kernel[..., 0]  # filter 0 has none: z⁺ = 0 at each of its units
+    if case == "zero_without_relevance":
+        r[..., 0] = 0.0
+    m, _ = conv_matrix(kernel.astype("float64"), (6, 6, 2), (1, 1), "same", (2, 2), 1)
+    expected = reference("zplus", flat(x), m, 0.0, flat(r),
+                         c=connectivity("conv2d_same_dilated")).reshape(x.shape)
+    layer = ConvRelevance.from_kernel(rules.ZPlus(), kernel, None, strides=(1, 1),
+                                      padding="same", dilation_rate=(2, 2),
+                                      data_format=data_format)
+    first = data_format == "channels_first"
+    to_layer = (lambda a: np.moveaxis(a, -1, 1)) if first else (lambda a: a)
+    run = tf.function(lambda x, r: layer([x, r]))  # in a graph, as a relevance model runs
+    actual = np.asarray(run(to_layer(x), to_layer(r)))
+    assert_close(np.moveaxis(actual, 1, -1) if first else actual, expected)
+    dead = (x.reshape(BATCH, -1) @ np.maximum(m, 0.0) == 0) & (flat(r) != 0)
+    assert dead.any() == (case == "zero_with_relevance")
     np.testing.assert_allclose(actual.sum(), r.sum(), rtol=1e-5)
 
 

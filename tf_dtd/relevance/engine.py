@@ -37,6 +37,22 @@ def _dead(denominator, share):
     return ops.logical_and(ops.equal(denominator, 0), ops.not_equal(share, 0))
 
 
+def _lost_over_channels(denominator, share, axis):
+    """The relevance ``share`` of units whose denominator is zero, summed over the channel
+    ``axis``. Denominators without a zero (most layers of most batches) skip the sum: one pass
+    over the denominator in place of four over it and the relevance (VGG16, z^B, batch 8: 4 %
+    of the time per call)."""
+    def summed():
+        return ops.sum(share * ops.cast(ops.equal(denominator, 0), denominator.dtype),
+                       axis=axis, keepdims=True)
+
+    def nothing():
+        shape = tf.tensor_scatter_nd_update(tf.shape(denominator), [[axis]], [1])
+        return tf.zeros(shape, denominator.dtype)
+
+    return ops.cond(ops.all(ops.not_equal(denominator, 0)), nothing, summed)
+
+
 def _unplaced(denominator, share):
     """The relevance of units whose denominator is exactly zero: no contribution to credit."""
     return ops.where(_dead(denominator, share), share, 0.0)
@@ -231,8 +247,7 @@ class LinearRelevance(BySignParts, ReceptiveFieldSpread, keras.layers.Layer):
             # tensor as wide as the relevance: a branch that took the relevance held on to
             # tensors (ResNet50, batch 8, deep_taylor_bounded: peak 2.4 GB over the model's,
             # 0.9 GB like this, gradient×input 0.4 GB).
-            lost = ops.sum(share * ops.cast(ops.equal(denominator, 0), share.dtype),
-                           axis=window[1], keepdims=True)
+            lost = _lost_over_channels(denominator, share, window[1])
             return ops.cond(
                 ops.any(ops.not_equal(lost, 0)),
                 lambda: [placed[0] + self._spread_over_window(window, xs[0], lost, constants)],
