@@ -252,17 +252,17 @@ class LinearRelevance(BySignParts, ReceptiveFieldSpread, keras.layers.Layer):
                 ops.any(ops.not_equal(lost, 0)),
                 lambda: [placed[0] + self._spread_over_window(window, xs[0], lost, constants)],
                 lambda: placed)
-        dead = _dead(denominator, share)
         elementwise = self.elementwise([x.shape for x in xs])
         signs = None if elementwise else self._size_signs(part, xs, constants)
         if signs is not None:
-            # The spread by size shares the products with the part's (_spread_unplaced_onto);
-            # the plain branch makes its own.
-            return [ops.cond(
-                ops.any(dead),
-                lambda: self._spread_unplaced_onto(xs[0], list(zip(variants, grads, signs)),
-                                                   ops.where(dead, share, 0.0)),
-                lambda: place()[0])]
+            # The spread by size shares the products with the part's (_spread_unplaced_onto),
+            # without a cond: a branch that takes tensors as wide as the relevance holds on to
+            # them (depthwise convolutions, z^B, batch 32, peak bytes of tensors: MobileNetV2
+            # 1735 → 1238 MiB, EfficientNetB0 2057 → 1465; time per batch −4 % / +2 %). Where
+            # nothing is lost its terms are zeros, and the relevance the same bits.
+            lost = ops.where(ops.equal(denominator, 0), share, 0.0)
+            return [self._spread_unplaced_onto(xs[0], list(zip(variants, grads, signs)), lost)]
+        dead = _dead(denominator, share)
         spread = self._spread_elementwise if elementwise else self._spread_unplaced
         placed = place()
 
