@@ -26,6 +26,7 @@ from references import (
 
 import tf_dtd
 from tf_dtd import rules
+from tf_dtd.relevance import engine
 from tf_dtd.relevance.layers import ConvRelevance, DenseRelevance
 
 
@@ -259,13 +260,16 @@ def test_zero_denominator_output_spreads_flat(rule):
     np.testing.assert_allclose(actual.sum(), r.sum(), rtol=1e-5)
 
 
+@pytest.mark.parametrize("tested", [True, False], ids=["zero_test", "no_zero_test"])
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("case", ["no_zero", "zero_without_relevance", "zero_with_relevance"])
-def test_zero_denominators_found_one_channel_wide(case, data_format):
+def test_zero_denominators_found_one_channel_wide(case, data_format, tested, monkeypatch):
     """z⁺ through a convolution with one group, where the relevance lost at zero denominators
-    is summed over the channels: a batch whose denominators have no zero skips that sum, one
-    whose zeros hold no relevance loses none, one whose zeros hold relevance spreads it; with
-    the channels last or first, each against the float64 reference."""
+    is summed over the channels: a batch whose denominators have no zero skips that sum (where
+    the layer is large enough for the test to pay: forced here, and off), one whose zeros hold
+    no relevance loses none, one whose zeros hold relevance spreads it; with the channels last
+    or first, each against the float64 reference."""
+    monkeypatch.setattr(engine, "ZERO_TEST_MIN_SIZE", 0 if tested else 10**9)
     _, kernel, _, _, _, out_shape = setup_case("conv2d_same_dilated", False)
     rng = np.random.default_rng(11)
     x = rng.uniform(0.5, 1.0, (BATCH, 6, 6, 2)).astype("float32")

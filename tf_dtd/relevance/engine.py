@@ -37,6 +37,11 @@ def _dead(denominator, share):
     return ops.logical_and(ops.equal(denominator, 0), ops.not_equal(share, 0))
 
 
+# Below this many values per sample the test for a zero denominator is not worth its ops: the
+# shipped digits model (12544 and fewer), z^B batch 8, took 3.6 % longer with it.
+ZERO_TEST_MIN_SIZE = 16384
+
+
 def _lost_over_channels(denominator, share, axis):
     """The relevance ``share`` of units whose denominator is zero, summed over the channel
     ``axis``. Denominators without a zero (most layers of most batches) skip the sum: one pass
@@ -50,6 +55,8 @@ def _lost_over_channels(denominator, share, axis):
         shape = tf.tensor_scatter_nd_update(tf.shape(denominator), [[axis]], [1])
         return tf.zeros(shape, denominator.dtype)
 
+    if not quotient.holds_at_least(denominator, ZERO_TEST_MIN_SIZE):
+        return summed()
     return ops.cond(ops.all(ops.not_equal(denominator, 0)), nothing, summed)
 
 
