@@ -37,27 +37,9 @@ def _dead(denominator, share):
     return ops.logical_and(ops.equal(denominator, 0), ops.not_equal(share, 0))
 
 
-# Below this many values per sample the test for a zero denominator is not worth its ops: the
-# shipped digits model (12544 and fewer), z^B batch 8, took 3.6 % longer with it.
+# Below this many values per sample a first test for a zero denominator is not worth its ops:
+# the shipped digits model (12544 and fewer), z^B batch 8, took 3.6 % longer with it.
 ZERO_TEST_MIN_SIZE = 16384
-
-
-def _lost_over_channels(denominator, share, axis):
-    """The relevance ``share`` of units whose denominator is zero, summed over the channel
-    ``axis``. Denominators without a zero (most layers of most batches) skip the sum: one pass
-    over the denominator in place of four over it and the relevance (VGG16, z^B, batch 8: 4 %
-    of the time per call)."""
-    def summed():
-        return ops.sum(share * ops.cast(ops.equal(denominator, 0), denominator.dtype),
-                       axis=axis, keepdims=True)
-
-    def nothing():
-        shape = tf.tensor_scatter_nd_update(tf.shape(denominator), [[axis]], [1])
-        return tf.zeros(shape, denominator.dtype)
-
-    if not quotient.holds_at_least(denominator, ZERO_TEST_MIN_SIZE):
-        return summed()
-    return ops.cond(ops.all(ops.not_equal(denominator, 0)), nothing, summed)
 
 
 def _unplaced(denominator, share):
@@ -250,15 +232,28 @@ class LinearRelevance(BySignParts, ReceptiveFieldSpread, keras.layers.Layer):
         window = self.channel_window(xs[0].shape) if len(xs) == 1 else None
         if window is not None:
             placed = place()
-            # One channel wide but for its last products, and a cond whose branch takes no
-            # tensor as wide as the relevance: a branch that took the relevance held on to
-            # tensors (ResNet50, batch 8, deep_taylor_bounded: peak 2.4 GB over the model's,
-            # 0.9 GB like this, gradient×input 0.4 GB).
-            lost = _lost_over_channels(denominator, share, window[1])
-            return ops.cond(
-                ops.any(ops.not_equal(lost, 0)),
-                lambda: [placed[0] + self._spread_over_window(window, xs[0], lost, constants)],
-                lambda: placed)
+
+            def lost():  # summed over the channels: the spread is one channel wide
+                return ops.sum(share * ops.cast(ops.equal(denominator, 0), share.dtype),
+                               axis=window[1], keepdims=True)
+
+            def spread(lost):
+                return [placed[0] + self._spread_over_window(window, xs[0], lost, constants)]
+
+            if quotient.holds_at_least(denominator, ZERO_TEST_MIN_SIZE):
+                # Most layers of most batches have no zero denominator, which one pass over it
+                # tells (VGG16 and ResNet50, z^B batch 8: 4 % of the time per call); where it
+                # has zeros, their relevance is summed and spread (adding zeros where it held
+                # none). One cond: a second one for the sum took 0.5 s more of ResNet50's first
+                # call. This branch takes the relevance and the placed products, and holds no
+                # more (ResNet50 z^B batch 32, tensors' peak 1768 MiB against 1742 with the sum
+                # taken before a cond on it).
+                return ops.cond(ops.all(ops.not_equal(denominator, 0)), lambda: placed,
+                                lambda: spread(lost()))
+            # Small layers: the sum, then a cond on it.
+            summed = lost()
+            return ops.cond(ops.any(ops.not_equal(summed, 0)), lambda: spread(summed),
+                            lambda: placed)
         elementwise = self.elementwise([x.shape for x in xs])
         signs = None if elementwise else self._size_signs(part, xs, constants)
         if signs is not None:
